@@ -1,0 +1,36 @@
+"""Stage bleu: sacreBLEU corpus BLEU and chrF of the translations, as DVC metrics."""
+from __future__ import annotations
+
+import logging
+
+from . import fsio, paths
+from .errors import UserError, main_entry
+from .metrics import score
+from .params import load
+
+log = logging.getLogger("nmt.bleu")
+
+
+@main_entry
+def main() -> None:
+    params = load()
+    result: dict = {}
+    for split in ("val", "test"):
+        hyps = fsio.read_utf8_lines(paths.TRANSLATIONS / f"{split}.hyp")
+        ref_path = paths.PREPARED / f"{split}.tgt"
+        if not ref_path.exists():
+            log.info("%s: no reference translation (%s): %s BLEU skipped", split, ref_path, split)
+            result[split] = {"skipped": "no reference"}
+            continue
+        refs = fsio.read_utf8_lines(ref_path)
+        if len(hyps) != len(refs):
+            raise UserError(f"{paths.TRANSLATIONS / f'{split}.hyp'}: {len(hyps)} lines, but the "
+                            f"reference {ref_path} has {len(refs)}")
+        result[split] = score(hyps, refs, params.bleu.tokenize, params.bleu.lowercase)
+        log.info("%s: BLEU %.2f, chrF %.2f (%s)", split, result[split]["bleu"],
+                 result[split]["chrf"], result[split]["bleu_signature"])
+    fsio.write_json(paths.BLEU_METRICS, result)
+
+
+if __name__ == "__main__":
+    main()

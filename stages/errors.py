@@ -1,0 +1,52 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import sys
+from typing import Callable
+
+log = logging.getLogger("nmt")
+
+
+class UserError(Exception):
+    """Bad input or an impossible request; the message names the file or key."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main_entry(fn: Callable[[], None]) -> Callable[[], None]:
+    """Wrap a stage's main(): user errors become one line on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper() -> None:
+        setup_logging()
+        try:
+            fn()
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = e.filename or "the output folder"
+                print(f"error: no space left on device while writing {where}", file=sys.stderr)
+            elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                print(f"error: cannot write {e.filename or '?'}: {e.strerror}", file=sys.stderr)
+            elif e.errno == errno.ENOENT:
+                print(f"error: file not found: {e.filename}", file=sys.stderr)
+            else:
+                raise
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,310 @@
+"""An encoder-decoder Transformer, one file (Vaswani et al., 2017).
+
+Shapes: B batch, S source length, T target length, D d_model, H heads,
+K = D / H head size, V vocabulary size.
+
+Decoding reuses past keys and values: `start_decoding()` projects the encoder
+output once into each layer's cross-attention keys/values, and `decode_step()`
+feeds one new token per sentence, writing its self-attention key/value into a
+preallocated cache instead of recomputing the prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    src_vocab_size: int
+    tgt_vocab_size: int
+    pad_id: int = 0
+    d_model: int = 256
+    nhead: int = 4
+    dim_feedforward: int = 1024
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation: str = "relu"
+    norm_first: bool = True
+    tie_embeddings: bool = True
+    share_vocab: bool = True  # source and target use one vocabulary: one embedding table
+    positional: str = "sinusoidal"
+    max_positions: int = 512
+
+    @classmethod
+    def from_params(cls, model_params, src_vocab_size: int, tgt_vocab_size: int,
+                    share_vocab: bool, pad_id: int) -> "ModelConfig":
+        fields = dataclasses.asdict(model_params)
+        return cls(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                   share_vocab=share_vocab, pad_id=pad_id, **fields)
+
+
+class Attention(nn.Module):
+    """Multi-head attention over F.scaled_dot_product_attention (fused kernels)."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool):
+        super().__init__()
+        d = cfg.d_model
+        self.nhead = cfg.nhead
+        self.cross = cross
+        self.dropout = cfg.attention_dropout
+        if cross:
+            self.q_proj = nn.Linear(d, d)
+            self.kv_proj = nn.Linear(d, 2 * d)
+        else:
+            self.qkv_proj = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(d, d)
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, H, L, K)
+        b, n, d = x.shape
+        return x.view(b, n, self.nhead, d // self.nhead).transpose(1, 2)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the encoder output, each (B, H, S, K)."""
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: Tensor, *, memory: Tensor | None = None, mask: Tensor | None = None,
+                causal: bool = False, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, L, D); mask broadcastable to (B, H, L, L_kv), True = may attend.
+
+        Cross-attention takes the encoder output as `memory`, or its projected
+        keys/values as `kv` when they are computed once and reused.
+        """
+        if self.cross:
+            q = self._heads(self.q_proj(x))
+            k, v = kv if kv is not None else self.project_kv(memory)
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=causal and mask is None)
+        b, h, n, kd = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, h * kd))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: relu, gelu, or SwiGLU (Shazeer, 2020).
+
+    SwiGLU has three matrices, so its hidden size is 2/3 of dim_feedforward to
+    keep the parameter count equal to the two-matrix variants.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.activation = cfg.activation
+        hidden = cfg.dim_feedforward
+        if cfg.activation == "swiglu":
+            hidden = max(1, int(2 * hidden / 3))
+            self.gate = nn.Linear(cfg.d_model, hidden)
+        self.up = nn.Linear(cfg.d_model, hidden)
+        self.down = nn.Linear(hidden, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        elif self.activation == "gelu":
+            h = F.gelu(self.up(x))
+        else:
+            h = F.relu(self.up(x))
+        return self.down(self.drop(h))
+
+
+class Sublayer(nn.Module):
+    """Residual around a block, with pre-norm (norm_first) or post-norm."""
+
+    def __init__(self, cfg: ModelConfig, block: nn.Module):
+        super().__init__()
+        self.block = block
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_first = cfg.norm_first
+
+    def forward(self, x: Tensor, **kw) -> Tensor:
+        if self.norm_first:
+            return x + self.drop(self.block(self.norm(x), **kw))
+        return self.norm(x + self.drop(self.block(x, **kw)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Sublayer(cfg, Attention(cfg, cross=False))
+        self.ffn = Sublayer(cfg, FeedForward(cfg))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.ffn(self.self_attn(x, mask=mask))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Sublayer(cfg, Attention(cfg, cross=False))
+        self.cross_attn = Sublayer(cfg, Attention(cfg, cross=True))
+        self.ffn = Sublayer(cfg, FeedForward(cfg))
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor) -> Tensor:
+        x = self.self_attn(x, causal=True)
+        x = self.cross_attn(x, kv=memory_kv, mask=src_mask)
+        return self.ffn(x)
+
+
+def sinusoidal_table(n: int, d: int) -> Tensor:
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: d // 2])
+    return table
+
+
+class Embedding(nn.Module):
+    """Token embedding scaled by sqrt(D), plus positions, then dropout."""
+
+    def __init__(self, cfg: ModelConfig, tokens: nn.Embedding):
+        super().__init__()
+        self.tokens = tokens
+        self.scale = math.sqrt(cfg.d_model)
+        self.learned = cfg.positional == "learned"
+        if self.learned:
+            self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        else:
+            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model),
+                                 persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor, start: int = 0) -> Tensor:
+        n = ids.shape[1]
+        if self.learned:
+            pos = self.positions(torch.arange(start, start + n, device=ids.device))
+        else:
+            if start + n > self.table.shape[0]:  # sinusoids extend to any length
+                self.table = sinusoidal_table(2 * (start + n), self.table.shape[1]).to(ids.device)
+            pos = self.table[start:start + n]
+        return self.drop(self.tokens(ids) * self.scale + pos)
+
+
+class DecoderCache:
+    """Per-layer decoding state: cross-attention K/V and preallocated self K/V buffers."""
+
+    def __init__(self, memory_kv: list[tuple[Tensor, Tensor]], src_mask: Tensor,
+                 self_k: list[Tensor], self_v: list[Tensor]):
+        self.memory_kv = memory_kv
+        self.src_mask = src_mask
+        self.self_k = self_k  # each (B, H, max_len, K)
+        self.self_v = self_v
+        self.length = 0  # tokens fed so far
+
+    def select(self, index: Tensor) -> None:
+        """Keep (and reorder) batch rows: beams that survive, sentences still open."""
+        self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
+                          for k, v in self.memory_kv]
+        self.src_mask = self.src_mask.index_select(0, index)
+        self.self_k = [k.index_select(0, index) for k in self.self_k]
+        self.self_v = [v.index_select(0, index) for v in self.self_v]
+
+
+class Seq2SeqTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tgt_tokens = nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        if cfg.share_vocab and cfg.tie_embeddings:
+            src_tokens = tgt_tokens
+        else:
+            src_tokens = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.src_embed = Embedding(cfg, src_tokens)
+        self.tgt_embed = Embedding(cfg, tgt_tokens)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
+        # Pre-norm stacks need a final norm; post-norm layers already end in one.
+        self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.out_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.out_proj.weight = tgt_tokens.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        for emb in {id(e): e for e in (self.src_embed.tokens, self.tgt_embed.tokens)}.values():
+            nn.init.normal_(emb.weight, std=self.cfg.d_model ** -0.5)
+            with torch.no_grad():
+                emb.weight[self.cfg.pad_id].zero_()
+
+    def src_mask(self, src: Tensor) -> Tensor:
+        """(B, 1, 1, S), True where the key is a real token."""
+        return (src != self.cfg.pad_id)[:, None, None, :]
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S) -> memory (B, S, D) and its mask."""
+        mask = self.src_mask(src)
+        x = self.src_embed(src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x), mask
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """Teacher forcing: tgt_in (B, T) -> logits (B, T, V), causal self-attention."""
+        x = self.tgt_embed(tgt_in)
+        for layer in self.decoder:
+            x = layer(x, layer.cross_attn.block.project_kv(memory), src_mask)
+        return self.out_proj(self.dec_norm(x))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        memory, mask = self.encode(src)
+        return self.decode(tgt_in, memory, mask)
+
+    @torch.no_grad()
+    def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int) -> DecoderCache:
+        b = memory.shape[0]
+        h, kd = self.cfg.nhead, self.cfg.d_model // self.cfg.nhead
+        shape = (b, h, max_len, kd)
+        n = len(self.decoder)
+        return DecoderCache(
+            memory_kv=[layer.cross_attn.block.project_kv(memory) for layer in self.decoder],
+            src_mask=src_mask,
+            self_k=[memory.new_zeros(shape) for _ in range(n)],
+            self_v=[memory.new_zeros(shape) for _ in range(n)],
+        )
+
+    @torch.no_grad()
+    def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Feed one token per row, tokens (B,), -> next-token logits (B, V)."""
+        t = cache.length
+        x = self.tgt_embed(tokens[:, None], start=t)  # (B, 1, D)
+        for i, layer in enumerate(self.decoder):
+            attn = layer.self_attn
+            h = attn.norm(x) if attn.norm_first else x
+            block = attn.block
+            q, k, v = (block._heads(z) for z in block.qkv_proj(h).chunk(3, dim=-1))
+            cache.self_k[i][:, :, t] = k[:, :, 0]
+            cache.self_v[i][:, :, t] = v[:, :, 0]
+            y = F.scaled_dot_product_attention(
+                q, cache.self_k[i][:, :, :t + 1], cache.self_v[i][:, :, :t + 1])
+            y = block.out_proj(y.transpose(1, 2).reshape(x.shape))
+            x = x + y if attn.norm_first else attn.norm(x + y)
+            x = layer.cross_attn(x, kv=cache.memory_kv[i], mask=cache.src_mask)
+            x = layer.ffn(x)
+        cache.length = t + 1
+        return self.out_proj(self.dec_norm(x))[:, 0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build(cfg: ModelConfig) -> Seq2SeqTransformer:
+    return Seq2SeqTransformer(cfg)

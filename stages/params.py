@@ -1,0 +1,367 @@
+"""The params schema: one typed dataclass per params.yaml group.
+
+`load()` is the only way code reads params. It rejects unknown keys, wrong
+types and impossible values with one line that names the key, before any
+stage does expensive work. Every stage validates the whole file, so a bad
+`translate.beam_size` stops `train` too, not twenty minutes later.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+ACTIVATIONS = ("relu", "gelu", "swiglu")
+SCHEDULES = ("constant", "exponential", "triangular", "inverse_sqrt", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class CorpusFiles:
+    """Paths of a user's own parallel corpus (data.corpus: files)."""
+
+    train_src: str = ""
+    train_tgt: str = ""
+    val_src: str = ""
+    val_tgt: str = ""
+    test_src: str = ""
+    test_tgt: str = ""  # may stay empty: test is translated, test BLEU skipped
+
+
+@dataclass
+class Data:
+    corpus: Literal["multi30k", "files"] = "multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    files: CorpusFiles = field(default_factory=CorpusFiles)
+    max_words: int = 100  # training pairs with a longer side are dropped
+    max_length_ratio: float = 9.0  # training pairs with a longer/shorter word ratio above this are dropped
+
+    def validate(self) -> None:
+        _positive("data.max_words", self.max_words)
+        _at_least("data.max_length_ratio", self.max_length_ratio, 1.0)
+        if self.corpus == "files":
+            for name in ("train_src", "train_tgt", "val_src", "val_tgt", "test_src"):
+                if not getattr(self.files, name):
+                    raise UserError(f"data.files.{name}: required when data.corpus is 'files'")
+
+
+@dataclass
+class Tokenizer:
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    shared: bool = True  # one SentencePiece model and vocabulary for both languages
+    character_coverage: float = 1.0
+
+    def validate(self) -> None:
+        _at_least("tokenizer.vocab_size", self.vocab_size, 16)
+        _in_range("tokenizer.character_coverage", self.character_coverage, 0.9, 1.0)
+
+
+@dataclass
+class Subsample:
+    fraction: float = 0.1  # of the training pairs kept; 1.0 keeps all
+
+    def validate(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise UserError(f"subsample.fraction: must be in (0, 1], got {self.fraction}")
+
+
+@dataclass
+class Model:
+    d_model: int = 256
+    nhead: int = 4
+    dim_feedforward: int = 1024
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation: str = "relu"
+    norm_first: bool = True
+    tie_embeddings: bool = True
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 512  # longest sequence a learned positional table covers
+
+    def validate(self) -> None:
+        for name in ("d_model", "nhead", "dim_feedforward", "num_encoder_layers",
+                     "num_decoder_layers", "max_positions"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.d_model % self.nhead:
+            raise UserError(
+                f"model.d_model: {self.d_model} is not divisible by model.nhead ({self.nhead})")
+        _in_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class Loss:
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        _in_range("loss.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+
+
+@dataclass
+class Optim:
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # SGD only
+    sgd_from_epoch: int = 0  # 0 = never; else switch to SGD from this epoch on
+    sgd_lr: float = 0.01
+
+    def validate(self) -> None:
+        _choice("optim.name", self.name, OPTIMIZERS)
+        _positive("optim.lr", self.lr)
+        _positive("optim.sgd_lr", self.sgd_lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"optim.betas: must be two numbers in [0, 1), got {self.betas}")
+        _positive("optim.eps", self.eps)
+        _at_least("optim.weight_decay", self.weight_decay, 0.0)
+        _in_range("optim.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _at_least("optim.sgd_from_epoch", self.sgd_from_epoch, 0)
+
+
+@dataclass
+class Schedule:
+    name: str = "inverse_sqrt"
+    warmup_steps: int = 200  # optimizer steps of linear warm-up (not used by constant/exponential)
+    gamma: float = 0.9  # exponential: multiplied into the lr once per epoch
+    min_lr: float = 0.0  # triangular and cosine decay to this
+    plateau_patience: int = 0  # 0 = off; else ReduceLROnPlateau guard on validation loss
+    plateau_factor: float = 0.5
+
+    def validate(self) -> None:
+        _choice("schedule.name", self.name, SCHEDULES)
+        _at_least("schedule.warmup_steps", self.warmup_steps, 0)
+        _in_range("schedule.gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        _at_least("schedule.min_lr", self.min_lr, 0.0)
+        _at_least("schedule.plateau_patience", self.plateau_patience, 0)
+        _in_range("schedule.plateau_factor", self.plateau_factor, 0.0, 1.0, lo_open=True, hi_open=True)
+
+
+@dataclass
+class Train:
+    epochs: int = 20
+    batch_tokens: int = 4096  # source+target tokens (with padding) per batch, at most
+    accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    early_stopping_patience: int = 0  # epochs without a better val loss; 0 = off
+    keep_checkpoints: int = 5  # last epochs' weights kept for swa-average
+    save_every_steps: int = 0  # resume state every N optimizer steps; 0 = each epoch only
+    budget_minutes: float = 0.0  # stop cleanly after this much training time; 0 = no budget
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    compile: bool = False  # torch.compile the model (CUDA only)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def validate(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _at_least("train.batch_tokens", self.batch_tokens, 16)
+        if self.accum_steps < 1:
+            raise UserError(f"train.accum_steps: must be at least 1, got {self.accum_steps}")
+        _at_least("train.grad_clip", self.grad_clip, 0.0)
+        _at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
+        _positive("train.keep_checkpoints", self.keep_checkpoints)
+        _at_least("train.save_every_steps", self.save_every_steps, 0)
+        _at_least("train.budget_minutes", self.budget_minutes, 0.0)
+        _at_least("train.num_threads", self.num_threads, 0)
+
+
+@dataclass
+class Swa:
+    last_epochs: int = 1  # average the last N epoch checkpoints; 1 = the last model
+    last_fraction: float = 0.0  # if > 0: average the last ceil(fraction * epochs run) instead
+
+    def validate(self) -> None:
+        _positive("swa.last_epochs", self.last_epochs)
+        _in_range("swa.last_fraction", self.last_fraction, 0.0, 1.0)
+
+
+@dataclass
+class Translate:
+    beam_size: int = 4  # 1 = greedy
+    length_penalty: float = 0.6  # GNMT alpha; 0 = none
+    max_len_a: float = 1.5  # output length limit: a * source length + b
+    max_len_b: int = 10
+    batch_sentences: int = 128
+
+    def validate(self) -> None:
+        _positive("translate.beam_size", self.beam_size)
+        _at_least("translate.length_penalty", self.length_penalty, 0.0)
+        _at_least("translate.max_len_a", self.max_len_a, 0.0)
+        _at_least("translate.max_len_b", self.max_len_b, 1)
+        _positive("translate.batch_sentences", self.batch_sentences)
+
+
+@dataclass
+class Bleu:
+    tokenize: Literal["13a", "intl", "none", "zh", "char"] = "13a"
+    lowercase: bool = False
+
+
+@dataclass
+class Plots:
+    dpi: int = 120
+
+    def validate(self) -> None:
+        _positive("plots.dpi", self.dpi)
+
+
+@dataclass
+class Params:
+    seed: int = 1234
+    data: Data = field(default_factory=Data)
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+    subsample: Subsample = field(default_factory=Subsample)
+    model: Model = field(default_factory=Model)
+    loss: Loss = field(default_factory=Loss)
+    optim: Optim = field(default_factory=Optim)
+    schedule: Schedule = field(default_factory=Schedule)
+    train: Train = field(default_factory=Train)
+    swa: Swa = field(default_factory=Swa)
+    translate: Translate = field(default_factory=Translate)
+    bleu: Bleu = field(default_factory=Bleu)
+    plots: Plots = field(default_factory=Plots)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            group = getattr(self, f.name)
+            if hasattr(group, "validate"):
+                group.validate()
+        if self.swa.last_epochs > self.train.keep_checkpoints:
+            raise UserError(
+                f"swa.last_epochs: {self.swa.last_epochs} is larger than "
+                f"train.keep_checkpoints ({self.train.keep_checkpoints})")
+        if self.swa.last_fraction > 0:
+            wanted = swa_window(self.swa, self.train.epochs)
+            if wanted > self.train.keep_checkpoints:
+                raise UserError(
+                    f"swa.last_fraction: {self.swa.last_fraction} of {self.train.epochs} epochs "
+                    f"is {wanted} checkpoints, more than train.keep_checkpoints "
+                    f"({self.train.keep_checkpoints})")
+
+    def group(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(getattr(self, name))
+
+
+def swa_window(swa: Swa, epochs_run: int) -> int:
+    """How many final epoch checkpoints the swa-average stage averages."""
+    if swa.last_fraction > 0:
+        return max(1, math.ceil(swa.last_fraction * epochs_run))
+    return swa.last_epochs
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read, type-check and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    params = from_dict(raw or {})
+    params.validate()
+    return params
+
+
+def from_dict(raw: dict[str, Any]) -> Params:
+    return _build(Params, raw, "")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            close = _closest(str(key), names)
+            hint = f" (did you mean '{prefix}{close}'?)" if close else ""
+            raise UserError(f"{prefix}{key}: unknown params key{hint}")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML reads 1e-3 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                raise UserError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp} for {key}")
+
+
+def _closest(key: str, names: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{key}: must be positive, got {value}")
+
+
+def _at_least(key: str, value: float, lo: float) -> None:
+    if value < lo:
+        raise UserError(f"{key}: must be at least {lo}, got {value}")
+
+
+def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
+              hi_open: bool = False) -> None:
+    bad_lo = value <= lo if lo_open else value < lo
+    bad_hi = value >= hi if hi_open else value > hi
+    if bad_lo or bad_hi:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise UserError(f"{key}: must be in {interval}, got {value}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")

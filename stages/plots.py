@@ -1,0 +1,40 @@
+"""Stage plots: PNGs of the training curves (loss per epoch, learning rate per step).
+
+Runs last: the loss figure's title carries the run's test BLEU.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from . import fsio, paths
+from .errors import UserError, main_entry
+from .params import load
+from .plotting import line_plot, read_tsv
+
+
+@main_entry
+def main() -> None:
+    params = load()
+    name = os.environ.get("DVC_EXP_NAME", "workspace")
+    epochs_tsv, steps_tsv = paths.TRAIN_LOG / "epochs.tsv", paths.TRAIN_LOG / "steps.tsv"
+    epochs, steps = read_tsv(epochs_tsv), read_tsv(steps_tsv)
+    if not epochs or not steps:
+        raise UserError(f"{paths.TRAIN_LOG}: training logs are empty; rerun the train stage")
+    x = [r["epoch"] for r in epochs]
+    test = json.loads(paths.BLEU_METRICS.read_text()).get("test", {})
+    bleu = f", test BLEU {test['bleu']:.1f}" if "bleu" in test else ""
+    with fsio.atomic_dir(paths.FIGURES) as tmp:
+        line_plot(tmp / "loss.png",
+                  {"train loss": (x, [r["train_loss"] for r in epochs]),
+                   "validation loss": (x, [r["val_loss"] for r in epochs])},
+                  title=f"Loss per epoch ({name}{bleu})", xlabel="epoch",
+                  ylabel="cross-entropy per target token", dpi=params.plots.dpi)
+        line_plot(tmp / "lr.png",
+                  {"learning rate": ([r["step"] for r in steps], [r["lr"] for r in steps])},
+                  title=f"Learning rate per optimizer step ({name})", xlabel="optimizer step",
+                  ylabel="learning rate", dpi=params.plots.dpi, markers=False)
+
+
+if __name__ == "__main__":
+    main()
