@@ -1,0 +1,137 @@
+"""SentencePiece subword models: training (in prepare) and loading (in later stages).
+
+One shared model (spm.model) sees both languages, or two models
+(spm.src.model, spm.tgt.model) each see one; each comes with its .vocab.
+Ids are fixed: pad 0, unk 1, bos 2, eos 3.
+
+Training is deterministic: one thread (the learned pieces depend on the thread
+count, so more threads would give a different model on a bigger machine), and
+the input order is the corpus order. `vocab_size` is a hard limit: a value the
+training text cannot fill is a user error that names the largest workable
+value, rather than a vocabulary silently smaller than params.yaml says.
+
+Normalisation is `identity`: corpus.normalise already applied NFC and collapsed
+whitespace, and SentencePiece's default NFKC would make decoded hypotheses
+differ from the references (e.g. '…' decoded as '...').
+"""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import sentencepiece as spm
+
+from . import fsio, paths
+from .errors import UserError
+from .params import Tokenizer
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SHARED_MODEL = "spm.model"
+SRC_MODEL = "spm.src.model"
+TGT_MODEL = "spm.tgt.model"
+
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+class Tokenizers:
+    """Source and target SentencePiece processors; one object for both when shared."""
+
+    def __init__(self, src: spm.SentencePieceProcessor, tgt: spm.SentencePieceProcessor):
+        self.src = src
+        self.tgt = tgt
+        self.shared = src is tgt
+        self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
+        self.src_vocab_size: int = src.get_piece_size()
+        self.tgt_vocab_size: int = tgt.get_piece_size()
+
+    @classmethod
+    def load(cls, prepared_dir: str | Path = paths.PREPARED) -> Tokenizers:
+        """Load the model(s) that `train_tokenizers` wrote into `prepared_dir`."""
+        prepared_dir = Path(prepared_dir)
+        if (prepared_dir / SHARED_MODEL).is_file():
+            shared = _load(prepared_dir / SHARED_MODEL)
+            return cls(shared, shared)
+        if (prepared_dir / SRC_MODEL).is_file() and (prepared_dir / TGT_MODEL).is_file():
+            return cls(_load(prepared_dir / SRC_MODEL), _load(prepared_dir / TGT_MODEL))
+        raise UserError(
+            f"{prepared_dir}: no SentencePiece model ({SHARED_MODEL}, or {SRC_MODEL} and "
+            f"{TGT_MODEL}); run the prepare stage first")
+
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        """Source lines to piece ids, without bos/eos."""
+        return self.src.encode(list(lines), out_type=int)
+
+    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
+        """Target lines to piece ids, without bos/eos."""
+        return self.tgt.encode(list(lines), out_type=int)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        """Target piece ids to text; pad, bos and eos decode to nothing."""
+        # One call per sentence: decode([]) reads an empty batch as one empty sentence.
+        return [self.tgt.decode(seq) for seq in ids]
+
+
+def train_tokenizers(tok: Tokenizer, src_lines: list[str], tgt_lines: list[str],
+                     out_dir: str | Path) -> Tokenizers:
+    """Train the model(s) `tok` asks for on normalised training text; write them and their
+    .vocab into `out_dir` and return them loaded."""
+    out_dir = Path(out_dir)
+    if tok.shared:
+        _save(_train(tok, src_lines + tgt_lines, "shared"), out_dir / SHARED_MODEL)
+    else:
+        _save(_train(tok, src_lines, "source"), out_dir / SRC_MODEL)
+        _save(_train(tok, tgt_lines, "target"), out_dir / TGT_MODEL)
+    return Tokenizers.load(out_dir)
+
+
+def _train(tok: Tokenizer, lines: list[str], what: str) -> bytes:
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=tok.vocab_size,
+            model_type=tok.model_type,
+            character_coverage=tok.character_coverage,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            normalization_rule_name="identity",
+            num_threads=1,
+            minloglevel=2,  # errors only: they come back as exceptions anyway
+        )
+    except RuntimeError as e:
+        error = _vocab_size_error(str(e), what)
+        if error is None:
+            raise
+        raise error from None
+    return model.getvalue()
+
+
+def _vocab_size_error(message: str, what: str) -> UserError | None:
+    if m := _TOO_HIGH.search(message):
+        return UserError(
+            f"tokenizer.vocab_size: {m[1]} is too large for the {what} training text; "
+            f"set it to {m[2]} or less")
+    if m := _TOO_LOW.search(message):
+        return UserError(
+            f"tokenizer.vocab_size: {m[1]} is too small for the characters of the {what} "
+            f"training text; set it to at least {m[2]}, or lower tokenizer.character_coverage")
+    return None
+
+
+def _save(model: bytes, path: Path) -> None:
+    """Write the model and beside it the .vocab (piece, tab, score) that spm_train would write."""
+    fsio.write_text(path.with_suffix(".vocab"), "".join(
+        f"{piece}\t{score:g}\n" for piece, score in _pieces(model)))
+    with fsio.atomic_path(path) as tmp:
+        tmp.write_bytes(model)
+
+
+def _pieces(model: bytes) -> list[tuple[str, float]]:
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+
+
+def _load(path: Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(path))
