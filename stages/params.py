@@ -135,7 +135,7 @@ class Optim:
 @dataclass
 class Schedule:
     name: str = "inverse_sqrt"
-    warmup_steps: int = 200  # optimizer steps of linear warm-up (not used by constant/exponential)
+    warmup_steps: int = 200  # linear warm-up in optimizer steps (triangular, inverse_sqrt, cosine)
     gamma: float = 0.9  # exponential: multiplied into the lr once per epoch
     min_lr: float = 0.0  # triangular and cosine decay to this
     plateau_patience: int = 0  # 0 = off; else ReduceLROnPlateau guard on validation loss
@@ -239,6 +239,12 @@ class Params:
             group = getattr(self, f.name)
             if hasattr(group, "validate"):
                 group.validate()
+        if self.schedule.min_lr > self.optim.lr:
+            raise UserError(f"schedule.min_lr: {self.schedule.min_lr} is above the peak "
+                            f"optim.lr ({self.optim.lr})")
+        if self.optim.sgd_from_epoch > self.train.epochs:
+            raise UserError(f"optim.sgd_from_epoch: {self.optim.sgd_from_epoch} is after the last "
+                            f"epoch (train.epochs = {self.train.epochs})")
         if self.swa.last_epochs > self.train.keep_checkpoints:
             raise UserError(
                 f"swa.last_epochs: {self.swa.last_epochs} is larger than "

@@ -172,7 +172,7 @@ class Trainer:
         loss_sum, nll_sum = smoothed_cross_entropy(
             logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1),
             self.p.loss.label_smoothing, self.cfg.pad_id)
-        return loss_sum / normaliser, float(nll_sum)
+        return loss_sum / normaliser, float(nll_sum.detach())
 
     def train_step(self, window: list[Batch]) -> float:
         """One optimizer step over a window of batches; returns the mean NLL per token."""

@@ -1,0 +1,131 @@
+"""The learning rate as a pure function of the optimizer step, plus a plateau guard.
+
+`LearningRate(step)` is what the train loop writes into every param group
+before each optimizer step, so a resumed run gets the same rates as an
+unbroken one without any scheduler object to restore; the only state is the
+plateau guard's (`state_dict`). Steps are 0-based optimizer steps (one per
+accumulation window); peak is `optim.lr`; T is the total optimizer steps of
+the run and W is `schedule.warmup_steps`.
+
+Warm-up (triangular, inverse_sqrt, cosine only): step s < W runs at
+peak · (s + 1) / W, so the first step is small but not wasted and step W - 1
+reaches the peak. W = 0 means no warm-up. constant and exponential ignore W
+entirely, so `-S schedule.name=exponential` is the report's run as it was.
+
+    constant      peak
+    exponential   peak · gamma^(s // steps_per_epoch)       (once per epoch)
+    triangular    warm-up, then linear from peak (step W) to min_lr (step T)
+    inverse_sqrt  warm-up, then peak · sqrt(W / s); with W = 0, peak / sqrt(max(s, 1))
+    cosine        warm-up, then half a cosine from peak (step W) to min_lr (step T)
+
+Step T is one past the last step, so the last step still learns a little.
+
+SGD phase: with optim.sgd_from_epoch = N > 0, every step of epoch N and later
+(epoch = s // steps_per_epoch + 1) runs at the constant optim.sgd_lr instead
+of the schedule: the fresh SGD optimizer has its own scale of step sizes, so
+continuing Adam's curve would mean nothing.
+
+Plateau guard (schedule.plateau_patience > 0): torch's ReduceLROnPlateau on
+the per-epoch validation loss (mode min, relative threshold 1e-4, no cooldown)
+kept as a multiplier on top of whichever of the above applies, the SGD phase
+included. Unlike torch it has no lower bound: the scale keeps halving.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import UserError
+from .optim import phase_for_epoch
+
+WARMUP_SCHEDULES = ("triangular", "inverse_sqrt", "cosine")
+PLATEAU_THRESHOLD = 1e-4  # torch's default: better means below best · (1 - 1e-4)
+
+
+def check(schedule_params, total_steps: int) -> None:
+    """Raise UserError when a warm-up would not end before training does."""
+    warmup = schedule_params.warmup_steps
+    if schedule_params.name in WARMUP_SCHEDULES and warmup >= total_steps:
+        raise UserError(f"schedule.warmup_steps: {warmup} is longer than training "
+                        f"({total_steps} optimizer steps)")
+
+
+class LearningRate:
+    """lr(step) for one run: schedule × plateau scale, or the SGD phase's constant."""
+
+    def __init__(self, schedule_params, optim_params, total_steps: int, steps_per_epoch: int):
+        """
+        Args:
+            schedule_params: the `schedule` params group.
+            optim_params: the `optim` params group (peak lr, SGD phase).
+            total_steps: optimizer steps in the whole run (epochs · steps_per_epoch).
+            steps_per_epoch: optimizer steps in every epoch.
+        """
+        if total_steps < 1 or steps_per_epoch < 1:
+            raise ValueError(f"need total_steps >= 1 and steps_per_epoch >= 1, "
+                             f"got {total_steps} and {steps_per_epoch}")
+        check(schedule_params, total_steps)
+        self.schedule = schedule_params
+        self.optim = optim_params
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        warms_up = schedule_params.name in WARMUP_SCHEDULES
+        self.warmup = schedule_params.warmup_steps if warms_up else 0
+        self.scale = 1.0  # plateau guard's multiplier
+        self.best = math.inf  # best validation loss so far
+        self.bad_epochs = 0  # epochs since `best` improved
+        self.last_epoch = 0  # last epoch end_epoch counted
+
+    def __call__(self, step: int) -> float:
+        """The learning rate for 0-based optimizer step `step`."""
+        epoch = step // self.steps_per_epoch + 1
+        if phase_for_epoch(self.optim, epoch) == "sgd":
+            return self.optim.sgd_lr * self.scale
+        return self._schedule(step) * self.scale
+
+    def _schedule(self, step: int) -> float:
+        peak, name, w = self.optim.lr, self.schedule.name, self.warmup
+        if step < w:
+            return peak * (step + 1) / w
+        if name == "constant":
+            return peak
+        if name == "exponential":
+            return peak * self.schedule.gamma ** (step // self.steps_per_epoch)
+        if name == "inverse_sqrt":
+            return peak * math.sqrt(max(w, 1) / max(step, 1))
+        # triangular and cosine: progress 0 at the end of warm-up, 1 at total_steps
+        progress = min(1.0, (step - w) / (self.total_steps - w))
+        low = self.schedule.min_lr
+        if name == "triangular":
+            return peak + (low - peak) * progress
+        return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def end_epoch(self, epoch: int, val_loss: float) -> bool:
+        """Feed the plateau guard epoch `epoch`'s validation loss; True if it just cut the lr.
+
+        An epoch already counted (a resumed run validating it again) is ignored,
+        so each epoch counts once. Does nothing when the guard is off.
+        """
+        if self.schedule.plateau_patience == 0 or epoch <= self.last_epoch:
+            return False
+        self.last_epoch = epoch
+        if val_loss < self.best * (1.0 - PLATEAU_THRESHOLD):
+            self.best = val_loss
+            self.bad_epochs = 0
+            return False
+        self.bad_epochs += 1  # NaN lands here too: a diverged epoch is a bad one
+        if self.bad_epochs > self.schedule.plateau_patience:
+            self.scale *= self.schedule.plateau_factor
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        """The plateau guard's state, plain python types (for the resume file)."""
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs,
+                "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.scale = float(d["scale"])
+        self.best = float(d["best"])
+        self.bad_epochs = int(d["bad_epochs"])
+        self.last_epoch = int(d["last_epoch"])
