@@ -1,0 +1,113 @@
+"""The training loop: accumulation equivalence, budget stop, non-finite loss, resume state."""
+import math
+import random
+
+import pytest
+import torch
+
+from stages import params as P
+from stages.batching import collate
+from stages.model import ModelConfig
+from stages.trainer import NonFiniteLoss, Trainer, fingerprint
+
+V = 30
+
+
+def make_params(**groups) -> P.Params:
+    base = {"model": {"d_model": 32, "nhead": 2, "dim_feedforward": 64, "num_encoder_layers": 1,
+                      "num_decoder_layers": 1, "dropout": 0.0},
+            "train": {"epochs": 2, "amp": "off", "keep_checkpoints": 2},
+            "schedule": {"name": "constant"}}
+    for k, v in groups.items():
+        base.setdefault(k, {}).update(v)
+    p = P.from_dict(base)
+    p.validate()
+    return p
+
+
+def pairs(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        s = [rng.randrange(4, V) for _ in range(rng.randint(2, 9))]
+        out.append((s, list(reversed(s))))
+    return out
+
+
+def trainer(p: P.Params, batches, tmp_path, name="state") -> Trainer:
+    cfg = ModelConfig.from_params(p.model, V, V, True, 0)
+    return Trainer(p, cfg, batches, batches[:1], tmp_path / name, "fp")
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_accumulating_k_batches_equals_one_big_batch(tmp_path, optim):
+    """k steps of batch b give the same update as one step of batch k*b."""
+    data = pairs(24)
+    chunks = [collate(data[i:i + 6], 0, 2, 3) for i in range(0, 24, 6)]
+    big = collate(data, 0, 2, 3)
+    p_acc = make_params(train={"accum_steps": 4}, optim={"name": optim, "lr": 0.05})
+    p_big = make_params(optim={"name": optim, "lr": 0.05})
+    acc, one = trainer(p_acc, chunks, tmp_path, "a"), trainer(p_big, [big], tmp_path, "b")
+    one.model.load_state_dict(acc.model.state_dict())
+    loss_acc = acc.train_step(chunks)
+    loss_one = one.train_step([big])
+    assert math.isclose(loss_acc, loss_one, rel_tol=1e-5)
+    for (name, a), b in zip(acc.model.named_parameters(), one.model.parameters()):
+        # Gradients always; weights after the step for SGD (Adam's g/sqrt(v) turns float
+        # noise on gradients that are zero in exact arithmetic into full-size steps).
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)
+        if optim == "sgd":
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
+
+
+def test_accumulation_differs_from_separate_steps(tmp_path):
+    """Guard for the test above: without accumulation the update really differs."""
+    data = pairs(24)
+    chunks = [collate(data[i:i + 6], 0, 2, 3) for i in range(0, 24, 6)]
+    p = make_params(optim={"name": "sgd", "lr": 0.05})
+    a, b = trainer(p, chunks, tmp_path, "a"), trainer(p, chunks, tmp_path, "b")
+    a.train_step(chunks)
+    for c in chunks:
+        b.train_step([c])
+    diff = max((x - y).abs().max().item() for x, y in zip(a.model.parameters(),
+                                                           b.model.parameters()))
+    assert diff > 1e-4
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    data = [collate(pairs(8), 0, 2, 3)]
+    t = trainer(make_params(), data, tmp_path)
+    with torch.no_grad():
+        next(t.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        t.train_step(data)
+
+
+def test_budget_stops_cleanly_after_a_step(tmp_path):
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    t = trainer(make_params(train={"budget_minutes": 1e-6, "epochs": 3}), data, tmp_path)
+    progress = t.run()
+    assert progress.stopped_by == "budget"
+    assert progress.step == 1 and len(progress.epoch_rows) == 1
+    assert progress.kept_epochs == [1]
+    assert (tmp_path / "state" / "epochs" / "epoch_001.pt").is_file()
+
+
+def test_early_stopping(tmp_path):
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+    p = make_params(train={"epochs": 6, "early_stopping_patience": 1}, optim={"lr": 10.0},
+                    schedule={"name": "constant"})
+    progress = trainer(p, data, tmp_path).run()
+    assert progress.stopped_by in ("early_stopping", "epochs")
+    if progress.stopped_by == "early_stopping":
+        assert progress.bad_epochs == 1 and len(progress.epoch_rows) < 6
+
+
+def test_fingerprint_ignores_budget_but_not_model(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("x")
+    base = fingerprint(make_params(), [f])
+    assert fingerprint(make_params(train={"budget_minutes": 5.0}), [f]) == base
+    assert fingerprint(make_params(model={"activation": "gelu"}), [f]) != base
+    f.write_text("y")
+    assert fingerprint(make_params(), [f]) != base
