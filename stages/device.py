@@ -29,7 +29,7 @@ def cpu_has_amx() -> bool:
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    if amp == "off":
+    if amp == "fp32":
         return False
     if amp == "bf16":
         return True

@@ -31,7 +31,7 @@ TINY = {
               "num_decoder_layers": 1, "dropout": 0.0},
     "optim": {"lr": 0.003},
     "schedule": {"warmup_steps": 4},
-    "train": {"epochs": 2, "batch_tokens": 1500, "keep_checkpoints": 2, "amp": "off",
+    "train": {"epochs": 8, "batch_tokens": 1500, "keep_checkpoints": 2, "amp": "fp32",
               "num_threads": 1},
     "translate": {"beam_size": 2, "batch_sentences": 64},
 }

@@ -16,7 +16,7 @@ V = 30
 def make_params(**groups) -> P.Params:
     base = {"model": {"d_model": 32, "nhead": 2, "dim_feedforward": 64, "num_encoder_layers": 1,
                       "num_decoder_layers": 1, "dropout": 0.0},
-            "train": {"epochs": 2, "amp": "off", "keep_checkpoints": 2},
+            "train": {"epochs": 2, "amp": "fp32", "keep_checkpoints": 2},
             "schedule": {"name": "constant"}}
     for k, v in groups.items():
         base.setdefault(k, {}).update(v)
