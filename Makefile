@@ -38,3 +38,7 @@ test: setup
 # Unit tests only (seconds).
 test-fast: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not e2e" tests
+
+# Every experiment against its baseline, with significance: reports/experiments.md + PNGs.
+report: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.report

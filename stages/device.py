@@ -63,9 +63,10 @@ def describe(device: torch.device) -> str:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated; CPU: the process's peak resident set size."""
+    """CUDA: peak reserved by the caching allocator (what other processes cannot use;
+    the CUDA context adds about 0.5 GB); CPU: the process's peak resident set size."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return torch.cuda.max_memory_reserved(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

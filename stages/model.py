@@ -208,8 +208,14 @@ class DecoderCache:
         self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
                           for k, v in self.memory_kv]
         self.src_mask = self.src_mask.index_select(0, index)
-        self.self_k = [k.index_select(0, index) for k in self.self_k]
-        self.self_v = [v.index_select(0, index) for v in self.self_v]
+        self.self_k = [self._select_filled(k, index) for k in self.self_k]
+        self.self_v = [self._select_filled(v, index) for v in self.self_v]
+
+    def _select_filled(self, buf: Tensor, index: Tensor) -> Tensor:
+        """Copy only the positions written so far, not the buffer's empty future slots."""
+        out = buf.new_empty((len(index), *buf.shape[1:]))
+        out[:, :, :self.length] = buf[:, :, :self.length].index_select(0, index)
+        return out
 
 
 class Seq2SeqTransformer(nn.Module):

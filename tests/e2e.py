@@ -119,3 +119,25 @@ def clone_project(src: Path, dest: Path) -> Path:
     """A copy of a built project (git history, DVC cache and outputs included)."""
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def use_synthetic_corpus(project: Path, n_train: int = 400, n_eval: int = 60) -> None:
+    """Replace a tiny project's corpus with conftest's word-for-word synthetic pairs, which a
+    tiny model learns within seconds (test BLEU well above 0, so runs differ), and commit.
+    Their vocabulary is small: tokenizer.vocab_size becomes 100."""
+    from .conftest import synthetic_pairs
+
+    for seed, (split, n) in enumerate((("train", n_train), ("val", n_eval), ("test", n_eval))):
+        pairs = synthetic_pairs(n, seed)
+        for lang, column in (("de", 0), ("en", 1)):
+            (project / "corpus" / f"{split}.{lang}").write_text(
+                "".join(pair[column] + "\n" for pair in pairs), encoding="utf-8")
+    write_params(project, {"tokenizer": {"vocab_size": 100}})
+    commit_all(project, "synthetic corpus")
+
+
+def read_at(project: Path, path: str, rev: str) -> str:
+    """A file as DVC stored it at a commit or experiment (its cached output), not the workspace."""
+    import dvc.api
+
+    return dvc.api.read(path, repo=str(project), rev=rev, encoding="utf-8")

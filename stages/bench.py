@@ -1,0 +1,285 @@
+"""Benchmark: training and decoding speed on this machine, each against a plain baseline.
+
+`make bench` (python -m stages.bench) measures, in one run, on the same data
+and thread count:
+- training: target tokens/s of this project's train step (token-count buckets,
+  bf16 autocast where it helps, fused Adam) on real Multi30k batches at the
+  default model size, its padding, model FLOP/s and model FLOPs utilisation
+  (MFU) against the dense matmul FLOP/s measured here; and the same step
+  written the plain way a tutorial would (torch.nn.Transformer, 128-sentence
+  batches in random order, fp32), with the ratio;
+- decoding: sentences/s on the test set, greedy and beam 5, with the decoder's
+  key/value cache and with the recompute-the-prefix baseline, same outputs.
+It prints a table and writes reports/bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoints, device as devices, fsio, paths
+from .batching import collate, make_batches, padding_fraction
+from .errors import UserError, main_entry
+from .model import ModelConfig, Seq2SeqTransformer, count_parameters
+from .params import Params, load
+from .search import translate_ids
+from .tokenizer import Tokenizers
+from .trainer import Trainer
+
+log = logging.getLogger("nmt.bench")
+OUT = Path("reports") / "bench.json"
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048,
+                 seconds: float = 1.0) -> float:
+    """Dense n x n x n matmul FLOP/s: the machine's practical peak for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_flops(cfg: ModelConfig, src_lens: list[int], tgt_lens: list[int]) -> float:
+    """Matmul FLOPs of one training step (forward + backward = 3 x forward) on real tokens.
+
+    Per token and layer: projections 2*(4 d^2) (+ 2*(2 d^2) for cross-attention
+    queries/outputs, keys/values per source token), feed-forward 2*(2 d f) (3 matrices
+    of 2/3 f for SwiGLU: the same), attention scores and values 4 d L; plus the
+    output projection 2 d V per target token.
+    """
+    d, f, v = cfg.d_model, cfg.dim_feedforward, cfg.tgt_vocab_size
+    fwd = 0.0
+    for s, t in zip(src_lens, tgt_lens):
+        enc = s * (8 * d * d + 4 * d * f + 4 * d * s)
+        dec = t * (8 * d * d + 4 * d * d + 4 * d * f + 4 * d * t + 4 * d * s) + s * 4 * d * d
+        fwd += cfg.num_encoder_layers * enc + cfg.num_decoder_layers * dec + t * 2 * d * v
+    return 3 * fwd
+
+
+class PlainTransformer(nn.Module):
+    """The tutorial way: torch.nn.Transformer, separate embeddings, a Linear generator."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.src_emb = nn.Embedding(cfg.src_vocab_size, d)
+        self.tgt_emb = nn.Embedding(cfg.tgt_vocab_size, d)
+        pos = torch.arange(1024)[:, None] * torch.exp(torch.arange(0, d, 2) * (-math.log(1e4) / d))
+        table = torch.zeros(1024, d)
+        table[:, 0::2], table[:, 1::2] = torch.sin(pos), torch.cos(pos)
+        self.register_buffer("pos", table)
+        self.transformer = nn.Transformer(d, cfg.nhead, cfg.num_encoder_layers,
+                                          cfg.num_decoder_layers, cfg.dim_feedforward,
+                                          cfg.dropout, batch_first=True)
+        self.generator = nn.Linear(d, cfg.tgt_vocab_size)
+        self.scale = math.sqrt(d)
+        self.pad = cfg.pad_id
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        t = tgt_in.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=src.device)
+        h = self.transformer(self.src_emb(src) * self.scale + self.pos[:src.shape[1]],
+                             self.tgt_emb(tgt_in) * self.scale + self.pos[:t],
+                             tgt_mask=causal, src_key_padding_mask=src == self.pad,
+                             tgt_key_padding_mask=tgt_in == self.pad,
+                             memory_key_padding_mask=src == self.pad)
+        return self.generator(h)
+
+
+def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step, averaged over `steps` batches after `warmup` untimed ones."""
+    for b in batches[:warmup]:
+        step(b)
+    sync(device)
+    start = time.perf_counter()
+    for b in batches[warmup:warmup + steps]:
+        step(b)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device: torch.device,
+                   steps: int) -> dict:
+    cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                  tok.shared, tok.pad_id)
+    special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
+    ours = make_batches(src, tgt, params.train.batch_tokens, seed=params.seed, **special)
+    random.Random(0).shuffle(ours)
+    warmup = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(params, cfg, ours, ours[:1], Path(tmp) / "state", "bench")
+        per_step = time_steps(lambda b: trainer.train_step([b]), ours, steps, warmup, device)
+    timed = ours[warmup:warmup + steps]
+    tokens = sum(b.n_tgt_tokens for b in timed)
+    src_lens = [int(n) for b in timed for n in (b.src != tok.pad_id).sum(1)]
+    tgt_lens = [int(n) for b in timed for n in (b.tgt_out != tok.pad_id).sum(1)]
+    flops = model_flops(cfg, src_lens, tgt_lens) / (per_step * steps)
+    dtype = torch.bfloat16 if trainer.bf16 else torch.float32
+    peak = matmul_flops(device, dtype)
+
+    # The plain baseline: fixed 128-sentence batches in corpus order, fp32, no buckets.
+    order = list(range(len(src)))
+    random.Random(0).shuffle(order)
+    plain_batches = [collate([(src[i], tgt[i]) for i in order[k:k + 128]], **special)
+                     for k in range(0, len(order), 128)]
+    torch.manual_seed(params.seed)
+    plain = PlainTransformer(cfg).to(device).train()
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=tok.pad_id, label_smoothing=0.1)
+
+    def plain_step(b):
+        b = b.to(device)
+        logits = plain(b.src, b.tgt_in)
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    n_plain = max(3, round(steps * tokens / sum(b.n_tgt_tokens for b in plain_batches[:steps])))
+    plain_per_step = time_steps(plain_step, plain_batches, n_plain, warmup, device)
+    plain_timed = plain_batches[warmup:warmup + n_plain]
+    plain_tokens = sum(b.n_tgt_tokens for b in plain_timed)
+    ours_tps = tokens / (per_step * steps)
+    plain_tps = plain_tokens / (plain_per_step * n_plain)
+    return {
+        "parameters": count_parameters(trainer.model),
+        "plain_parameters": count_parameters(plain),
+        "bf16": trainer.bf16,
+        "tokens_per_s": round(ours_tps, 1),
+        "padding": round(padding_fraction(timed, tok.pad_id), 4),
+        "model_tflops": round(flops / 1e12, 4),
+        "matmul_peak_tflops": round(peak / 1e12, 4),
+        "matmul_peak_dtype": str(dtype).replace("torch.", ""),
+        "mfu": round(flops / peak, 4),
+        "plain_tokens_per_s": round(plain_tps, 1),
+        "plain_padding": round(padding_fraction(plain_timed, tok.pad_id), 4),
+        "speedup": round(ours_tps / plain_tps, 2),
+        "steps_timed": steps,
+        "peak_memory_mb": round(devices.peak_memory_mb(device), 1),
+    }
+
+
+def decode_rate(model, tok: Tokenizers, src: list, beam: int, cache: bool, device,
+                batch: int = 128) -> tuple[float, list]:
+    order = sorted(range(len(src)), key=lambda i: -len(src[i]))
+    out: list = [None] * len(src)
+    start = time.perf_counter()
+    for k in range(0, len(order), batch):
+        ids = order[k:k + batch]
+        hyps = translate_ids(model, [src[i] for i in ids], beam_size=beam, length_penalty=0.6,
+                             max_len_a=1.5, max_len_b=10, bos=tok.bos_id, eos=tok.eos_id,
+                             pad=tok.pad_id, device=device, use_cache=cache)
+        for i, h in zip(ids, hyps):
+            out[i] = h
+    sync(device)
+    return len(src) / (time.perf_counter() - start), out
+
+
+def bench_decoding(model, tok: Tokenizers, src: list, device, uncached_sentences: int) -> dict:
+    result = {}
+    subset = src[:uncached_sentences]
+    for beam in (1, 5):
+        name = "greedy" if beam == 1 else f"beam{beam}"
+        full_rate, _ = decode_rate(model, tok, src, beam, True, device)
+        cached_rate, cached = decode_rate(model, tok, subset, beam, True, device)
+        plain_rate, plain = decode_rate(model, tok, subset, beam, False, device)
+        result[name] = {
+            "sentences_per_s": round(full_rate, 2),
+            "sentences": len(src),
+            "subset": len(subset),
+            "subset_cached_sentences_per_s": round(cached_rate, 2),
+            "subset_uncached_sentences_per_s": round(plain_rate, 2),
+            "speedup": round(cached_rate / plain_rate, 2),
+            "same_output": cached == plain,
+        }
+    return result
+
+
+def print_table(r: dict) -> None:
+    t = r["training"]
+    rows = [
+        ("device", r["device"]),
+        ("train: tokens/s (this project)", f"{t['tokens_per_s']:.0f}  (bf16 {t['bf16']})"),
+        ("train: tokens/s (plain nn.Transformer)", f"{t['plain_tokens_per_s']:.0f}"),
+        ("train: speed-up", f"{t['speedup']:.2f}x"),
+        ("train: padding (project / plain)", f"{t['padding']:.1%} / {t['plain_padding']:.1%}"),
+        ("train: model TFLOP/s", f"{t['model_tflops']:.3f}"),
+        (f"matmul peak TFLOP/s ({t['matmul_peak_dtype']})", f"{t['matmul_peak_tflops']:.3f}"),
+        ("train: MFU", f"{t['mfu']:.1%}"),
+        ("train: peak memory MB", f"{t['peak_memory_mb']:.0f}"),
+    ]
+    for name, d in r["decoding"].items():
+        rows.append((f"decode {name}: sentences/s ({d['sentences']} sent., cached)",
+                     f"{d['sentences_per_s']:.1f}"))
+        rows.append((f"decode {name}: cached vs uncached ({d['subset']} sent.)",
+                     f"{d['subset_cached_sentences_per_s']:.1f} vs "
+                     f"{d['subset_uncached_sentences_per_s']:.1f} = {d['speedup']:.1f}x, "
+                     f"same output: {d['same_output']}"))
+    rows.append(("decode model", r["decode_model"]))
+    rows.append(("bench seconds", f"{r['seconds']:.0f}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+@main_entry
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30, help="training steps timed per variant")
+    ap.add_argument("--uncached-sentences", type=int, default=200,
+                    help="test sentences decoded by both the cached and the uncached decoder")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    params = load()
+    devices.set_threads(params.train.num_threads)
+    device = devices.pick(params.train.device)
+    if not (paths.PREPARED / "train.src").exists():
+        raise UserError(f"{paths.PREPARED}: not there yet; run `dvc repro prepare` first")
+    tok = Tokenizers.load(paths.PREPARED)
+    src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "train.src"))
+    tgt = tok.encode_tgt(fsio.read_utf8_lines(paths.PREPARED / "train.tgt"))
+    log.info("training benchmark: %d steps per variant on %s", args.steps,
+             devices.describe(device))
+    training = bench_training(params, tok, src, tgt, device, args.steps)
+
+    model_path = paths.MODEL / "averaged.pt"
+    if model_path.exists():
+        model, _ = checkpoints.load_model(model_path, device)
+        decode_model = f"{model_path} (trained)"
+    else:
+        cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                      tok.shared, tok.pad_id)
+        model = Seq2SeqTransformer(cfg).to(device).eval()
+        decode_model = "untrained (no data/model/averaged.pt): outputs run to the length limit"
+    test_src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "test.src"))
+    log.info("decoding benchmark on %d test sentences", len(test_src))
+    decoding = bench_decoding(model, tok, test_src, device, args.uncached_sentences)
+    result = {"device": devices.describe(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "training": training, "decoding": decoding,
+              "decode_model": decode_model, "seconds": round(time.perf_counter() - start, 1)}
+    fsio.write_json(OUT, result)
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
