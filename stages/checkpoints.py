@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 def save(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """torch.save atomically, then write the checksum sidecar."""
     path = Path(path)
-    with fsio.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a Python file: a failed write (full disk) is then an OSError naming the
+    # file, not torch's RuntimeError from its own C++ writer.
+    with fsio.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     fsio.write_text(path.with_name(path.name + ".sha256"), sha256_file(path) + "\n")
 
 
@@ -54,13 +58,25 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         if want != got:
             raise UserError(f"{path}: checkpoint is corrupt (sha256 {got[:12]}…, expected {want[:12]}…)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol is not for users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise UserError(f"{path}: refused to load: the file holds objects other than "
-                        f"weights ({first[:160]})") from None
+        raise UserError(f"{path}: refused to load: it holds a pickled object other than "
+                        f"weights ({_refused(e)}), which could run code; load only "
+                        f"checkpoints this project wrote") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise UserError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
+
+
+def _refused(e: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
+    text = str(e)
+    if m := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"global {m.group(1)}"
+    if m := re.search(r"Unsupported [^\n.]+", text):
+        return m.group(0).strip()
+    return "unsupported content"
 
 
 def save_model(path: str | os.PathLike, cfg: ModelConfig, state_dict: dict[str, torch.Tensor],

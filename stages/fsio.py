@@ -6,6 +6,7 @@ half of one. Temporary names start with '.tmp-' so they are easy to spot.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    prefix = f".tmp-{path.name}."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    except OSError as e:
+        raise _naming(e, str(path.parent / prefix), path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -28,6 +33,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise _naming(e, tmp, path) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -51,7 +59,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
+    prefix = f".tmp-{path.name}."
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    except OSError as e:
+        raise _naming(e, str(path.parent / prefix), path) from None
     try:
         yield tmp
         os.chmod(tmp, 0o755)
@@ -62,9 +74,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _naming(e, str(tmp), path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_WRITE_FAILED = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _naming(e: OSError, tmp: str, target: Path) -> OSError:
+    """`e` naming the target where it named the temporary file, or named nothing on a failed
+    write (a full disk): the user's error line shows the output, not a '.tmp-' name."""
+    if e.filename is None:
+        if e.errno not in _WRITE_FAILED:
+            return e
+        rest = ""
+    elif str(e.filename).startswith(tmp):
+        rest = str(e.filename)[len(tmp):]
+    else:
+        return e
+    return OSError(e.errno, e.strerror, str(target) + (rest if rest.startswith(os.sep) else ""))
 
 
 def read_utf8_lines(path: str | os.PathLike, what: str = "") -> list[str]:

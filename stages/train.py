@@ -47,6 +47,7 @@ def main() -> None:
              len(val_src), device)
 
     data_files = [paths.SUBSAMPLED / "train.src", paths.SUBSAMPLED / "train.tgt",
+                  paths.PREPARED / "val.src", paths.PREPARED / "val.tgt",
                   *sorted(paths.PREPARED.glob("spm*.model"))]
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
                       fingerprint(params, data_files))

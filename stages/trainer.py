@@ -6,10 +6,14 @@ tokens give the same update as one batch of k*b tokens.
 
 Resume: the full state (weights, optimizer, schedule, RNGs, position in the
 epoch's batch order, logs so far) is saved atomically at the end of each epoch
-and every `save_every_steps` optimizer steps, in a folder DVC keeps between
-runs (`persist: true`). A rerun with the same params and data continues from
+and every `save_every_steps` optimizer steps, in data/train/state: a folder
+DVC neither deletes before the stage runs nor caches (it is no declared output). A rerun with the same params and data continues from
 it; with other params it starts fresh and says so. The state before the
 newest is kept too, so a corrupt newest file falls back to it.
+
+There is no gradient scaler to save: mixed precision is bf16, whose exponent
+range is fp32's, so gradients do not underflow and need no loss scaling (fp16,
+which would, is not offered).
 """
 from __future__ import annotations
 
@@ -141,7 +145,9 @@ class Trainer:
     def save_state(self) -> None:
         path = self.state_dir / STATE_FILE
         if path.exists():  # keep the last good state until the new one is whole
-            for suffix in ("", ".sha256"):
+            # Sidecar first: a kill between the two moves leaves state.pt loadable (a file
+            # without a sidecar loads unchecked), never a file beside another's checksum.
+            for suffix in (".sha256", ""):
                 src = path.with_name(path.name + suffix)
                 if src.exists():
                     src.replace(self.state_dir / (PREV_STATE_FILE + suffix))
@@ -357,12 +363,13 @@ def publish(trainer: Trainer, checkpoints_dir: Path, log_dir: Path,
         "final_val_loss": pr.epoch_rows[-1]["val_loss"] if pr.epoch_rows else None,
         "stopped_by": pr.stopped_by,
         "train_minutes": round(pr.wall_seconds / 60, 2),
+        "wall_seconds": round(pr.wall_seconds, 1),
         "tokens_seen": pr.tokens_seen,
         "tokens_per_s": round(pr.tokens_seen / max(pr.train_seconds, 1e-9), 1),
         "peak_memory_mb": round(devices.peak_memory_mb(dev), 1),
         "device": devices.describe(dev),
         ("gpu_hours" if dev.type == "cuda" else "cpu_hours"):
-            round(hours * (1 if dev.type == "cuda" else torch.get_num_threads()), 4),
+            round(hours * (1 if dev.type == "cuda" else torch.get_num_threads()), 6),
         "parameters": count_parameters(trainer.model),
         "bf16": trainer.bf16,
     }
