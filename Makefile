@@ -15,7 +15,7 @@ endif
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup repro test test-fast report bench hypotheses queue-hypotheses run-queue clean-exps
+.PHONY: setup repro test test-fast report bench hypotheses queue-hypotheses run-queue
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,30 @@ test: setup
 test-fast: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not e2e" tests
 
+# The report's hypotheses (hypotheses.yaml), each one experiment from the baseline.
+hypotheses: setup
+	$(PY) -m stages.hypotheses list
+
+# Needs params.yaml and dvc.yaml committed; commit dvc.lock after `make repro` too,
+# or every experiment reruns the baseline's stages.
+queue-hypotheses: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.hypotheses queue
+
+# Runs the queue (`dvc queue start -j JOBS`, JOBS default 1) and waits until it is
+# done; fails naming the experiments that failed. Each job gets cores/JOBS torch
+# threads through OMP_NUM_THREADS (set it to choose), which reaches the queued runs
+# when this starts their worker; keep train.num_threads at 0 so it applies
+# (changing that param would retrain every experiment).
+run-queue: setup
+	export PATH=$(abspath $(VENV))/bin:$$PATH \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))}; \
+	$(PY) -m stages.hypotheses start -j $(JOBS); status=$$?; \
+	$(DVC) queue status; $(DVC) exp show --no-pager --md --only-changed; exit $$status
+
 # Every experiment against its baseline, with significance: reports/experiments.md + PNGs.
 report: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.report
+
+# Training and decoding speed against plain baselines: a table and reports/bench.json.
+bench: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.bench

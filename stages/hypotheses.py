@@ -1,0 +1,356 @@
+"""The lab report's hypotheses as DVC experiments, from the catalogue hypotheses.yaml.
+
+    python -m stages.hypotheses list [--md]                the catalogue as a table
+    python -m stages.hypotheses commands [--queue] [NAMES]  each entry's `dvc exp run` line
+    python -m stages.hypotheses queue [--force] [NAMES]     queue all (or the named) entries
+    python -m stages.hypotheses start [-j N] [--timeout S]  `dvc queue start -j N`, then wait
+    python -m stages.hypotheses wait [--timeout S]          wait for a queue started by hand
+
+Each entry is one params diff against the committed params.yaml, run as
+`dvc exp run --queue -n NAME -S key=value ...`. Queued experiments start from
+the workspace's git state, uncommitted changes to tracked files included, so
+`queue` refuses while params.yaml or dvc.yaml differ from the last commit: the
+hypotheses would otherwise stack on whatever the workspace holds (a previous
+`dvc exp run -S` leaves its params applied there).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError, main_entry
+from .params import from_dict
+
+CATALOGUE = Path("hypotheses.yaml")
+PARAMS = Path("params.yaml")
+ENTRY_KEYS = ("name", "hypothesis", "report", "set")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")  # a valid git ref name, so a valid experiment name
+PLAIN_STRING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*")  # Hydra reads it back as this string
+HYDRA_KEYWORDS = {"true", "false", "null", "inf", "nan"}  # would not read back as a string
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    name: str  # the experiment's name in `dvc exp show`
+    hypothesis: str  # what should improve, one sentence
+    report: str  # what origin.md says happened
+    set: dict[str, Any]  # dotted params key -> value: the diff against the baseline
+
+    def overrides(self) -> list[str]:
+        """The `-S` arguments: key=value in Hydra's override grammar."""
+        return [f"{key}={hydra_value(value)}" for key, value in self.set.items()]
+
+    def command(self, queue: bool = False, force: bool = False, dvc: str = "dvc") -> list[str]:
+        """The `dvc exp run` line of this entry."""
+        cmd = [dvc, "exp", "run", *(["--queue"] if queue else []),
+               *(["--force"] if force else []), "-n", self.name]
+        for override in self.overrides():
+            cmd += ["-S", override]
+        return cmd
+
+
+def hydra_value(value: Any) -> str:
+    """`value` written so that Hydra's override parser reads exactly it back.
+
+    Floats use repr (shortest round trip: 0.0001, 1e-05), lists are written
+    without spaces, and strings that Hydra would read as another type or could
+    not parse bare ('true', '1.0', 'a b', '') are single-quoted.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        if PLAIN_STRING_RE.fullmatch(value) and value.lower() not in HYDRA_KEYWORDS:
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as a Hydra override value")
+
+
+def apply(raw_params: dict, changes: dict[str, Any]) -> dict:
+    """A copy of a params mapping with dotted-key changes applied; every key must exist
+    already, as `dvc exp run -S` requires. KeyError(key, hint) on the first that does not."""
+    out = yaml.safe_load(yaml.safe_dump(raw_params))  # deep copy of plain data
+    for dotted, value in changes.items():
+        node = out
+        parts = dotted.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                prefix = ".".join(parts[:i])
+                close = difflib.get_close_matches(part, list(node), n=1) if isinstance(
+                    node, dict) else []
+                hint = f"did you mean '{'.'.join(filter(None, [prefix, close[0]]))}'?" if close \
+                    else f"'{prefix or '(top level)'}' has no '{part}'"
+                raise KeyError(dotted, hint)
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return out
+
+
+def load(path: str | Path = CATALOGUE, params_path: str | Path = PARAMS) -> list[Hypothesis]:
+    """Read the catalogue and check every entry against the params file.
+
+    Each entry's keys must exist in `params_path`, and the params with the
+    entry's changes applied must pass the schema's validation, so a bad entry
+    fails here with a line naming it, not as a failed experiment in the queue.
+    """
+    path, params_path = Path(path), Path(params_path)
+    raw_params = _read_yaml(params_path)
+    doc = _read_yaml(path)
+    entries = doc.get("hypotheses") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected a non-empty list under 'hypotheses:'")
+    out: list[Hypothesis] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: expected a mapping with {', '.join(ENTRY_KEYS)}")
+        if isinstance(entry.get("name"), str):
+            where = f"{path}: entry '{entry['name']}'"
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            raise UserError(f"{where}: unknown field '{unknown[0]}' "
+                            f"(fields: {', '.join(ENTRY_KEYS)})")
+        name, changes = entry.get("name"), entry.get("set")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise UserError(f"{where}: name must be lower-case letters, digits, '.', '_' or '-', "
+                            f"got {name!r}")
+        if name in {h.name for h in out}:
+            raise UserError(f"{where}: the name is used twice")
+        for field in ("hypothesis", "report"):
+            if not isinstance(entry.get(field), str) or not entry[field].strip():
+                raise UserError(f"{where}: '{field}' must be a sentence")
+        if changes is None:
+            changes = {}
+        if not isinstance(changes, dict):
+            raise UserError(f"{where}: 'set' must map dotted params keys to values")
+        for key, value in changes.items():
+            if not _is_override_value(value):
+                raise UserError(f"{where}: {key}: values must be numbers, strings, booleans or "
+                                f"lists of them (write nested keys dotted), got {value!r}")
+        try:
+            applied = apply(raw_params, changes)
+        except KeyError as e:
+            key, hint = e.args
+            raise UserError(f"{where}: unknown params key '{key}' in {params_path} ({hint})") \
+                from None
+        try:
+            from_dict(applied).validate()
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        out.append(Hypothesis(name, " ".join(entry["hypothesis"].split()),
+                              " ".join(entry["report"].split()), dict(changes)))
+    return out
+
+
+def select(catalogue: list[Hypothesis], names: list[str]) -> list[Hypothesis]:
+    """The named entries in the order given, or all of them when none are named."""
+    if not names:
+        return catalogue
+    by_name = {h.name: h for h in catalogue}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise UserError(f"{CATALOGUE}: no entry named '{missing[0]}' "
+                        f"(entries: {', '.join(by_name)})")
+    return [by_name[n] for n in names]
+
+
+def preflight(repo: Path = Path(".")) -> list[str]:
+    """Refuse to queue from a workspace whose params or pipeline differ from the last
+    commit; return warnings about what would make every experiment slow."""
+    git = _run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.yaml"], repo)
+    if git.returncode != 0:
+        raise UserError("queue: not inside a git repository (dvc exp run needs one): "
+                        f"{_last_line(git.stderr)}")
+    dirty = sorted({line[3:].strip() for line in git.stdout.splitlines() if line.strip()})
+    if dirty:
+        raise UserError(
+            f"{', '.join(dirty)}: uncommitted changes; queued experiments would carry them "
+            "instead of starting from the baseline: commit them, or undo them with "
+            f"`git checkout -- {' '.join(dirty)}`")
+    warnings = []
+    tracked = _run(["git", "ls-files", "--error-unmatch", "dvc.lock"], repo).returncode == 0
+    lock_dirty = _run(["git", "status", "--porcelain", "--", "dvc.lock"], repo).stdout.strip()
+    if not tracked or lock_dirty:
+        warnings.append("dvc.lock is not committed: each queued experiment will rerun the "
+                        "stages the baseline already ran (run `dvc repro` and commit dvc.lock "
+                        "first to reuse them)")
+    return warnings
+
+
+def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path(".")) -> None:
+    for warning in preflight(repo):
+        print(f"warning: {warning}", file=sys.stderr)
+    for i, h in enumerate(catalogue):
+        cmd = h.command(queue=True, force=force, dvc=_dvc())
+        proc = _run(cmd, repo)
+        if proc.returncode != 0:
+            why = _last_line(proc.stderr or proc.stdout)
+            raise UserError(f"queue: `dvc {shlex.join(cmd[1:])}` failed after {i} of "
+                            f"{len(catalogue)} were queued: {why}")
+        print(f"queued {h.name}: {' '.join(h.overrides()) or '(the baseline, no changes)'}")
+    print(f"{len(catalogue)} experiments queued; run them with `dvc queue start -j N` "
+          "(make run-queue JOBS=N), then compare with `dvc exp show`")
+
+
+def queue_status(repo: Path = Path(".")) -> tuple[dict[str, tuple[str, str]], int]:
+    """({task id: (experiment name, status)}, workers alive) from `dvc queue status`."""
+    proc = _run([_dvc(), "queue", "status"], repo)
+    if proc.returncode != 0:
+        raise UserError(f"dvc queue status failed: {_last_line(proc.stderr or proc.stdout)}")
+    tasks = {}
+    workers = 0
+    for line in proc.stdout.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if m := re.search(r"Worker status: (\d+) active, (\d+) idle", line):
+            workers = int(m.group(1)) + int(m.group(2))
+        elif len(cells) == 4 and cells[0] != "Task":  # task, name, created, status
+            tasks[cells[0]] = (cells[1], cells[3])
+    return tasks, workers
+
+
+def run_queue(jobs: int = 0, timeout: float = 0.0, poll: float = 5.0,
+              repo: Path = Path(".")) -> None:
+    """Start `jobs` queue workers (0: leave the workers as they are), then wait until every
+    experiment queued or running before that has finished. UserError naming the failed
+    ones, or when no worker is alive to run them, or after `timeout` seconds (0: never)."""
+    start = time.monotonic()
+    tasks, _ = queue_status(repo)
+    pending = {t for t, (_, status) in tasks.items() if status in ("Queued", "Running")}
+    if jobs:
+        cmd = [_dvc(), "queue", "start", "-j", str(jobs)]
+        print(f"dvc {shlex.join(cmd[1:])}", flush=True)
+        # The workers it starts keep its stdout open: a pipe would block until they exit.
+        with tempfile.TemporaryFile("w+") as out:
+            rc = subprocess.run(cmd, cwd=repo, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT).returncode
+            out.seek(0)
+            if rc != 0:
+                raise UserError(f"dvc queue start failed: {_last_line(out.read())}")
+    last, no_worker_since = "", None
+    while True:
+        tasks, workers = queue_status(repo)
+        states = [tasks.get(t, ("?", "Success"))[1] for t in pending]
+        open_ = sum(s in ("Queued", "Running") for s in states)
+        line = (f"{states.count('Running')} running, {states.count('Queued')} queued, "
+                f"{len(states) - open_} done")
+        if line != last:
+            print(f"queue: {line}", flush=True)
+            last = line
+        if not open_:
+            break
+        if workers == 0:
+            no_worker_since = no_worker_since or time.monotonic()
+            if time.monotonic() - no_worker_since > 60:
+                raise UserError(f"queue: {open_} experiments wait, but no queue worker runs: "
+                                "start one with `dvc queue start -j N`")
+        else:
+            no_worker_since = None
+        if timeout and time.monotonic() - start > timeout:
+            raise UserError(f"queue: still {line} after {timeout:.0f} s")
+        time.sleep(poll)
+    failed = sorted(tasks[t][0] for t in pending if tasks.get(t, ("", ""))[1] == "Failed")
+    if failed:
+        raise UserError(f"queue: {len(failed)} of {len(pending)} experiments failed "
+                        f"({', '.join(failed)}); see `dvc queue logs NAME`")
+
+
+def table(catalogue: list[Hypothesis], markdown: bool = False) -> str:
+    if markdown:
+        rows = ["| name | hypothesis | command |", "| --- | --- | --- |"]
+        rows += [f"| {h.name} | {h.hypothesis} | `{shlex.join(h.command())}` |"
+                 for h in catalogue]
+        return "\n".join(rows)
+    width = max(len(h.name) for h in catalogue)
+    return "\n".join(f"{h.name:<{width}}  {' '.join(h.overrides()) or '(no changes)'}\n"
+                     f"{'':<{width}}  {h.hypothesis}" for h in catalogue)
+
+
+def _is_override_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_override_value(v) and not isinstance(v, list) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _dvc() -> str:
+    """The dvc beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else "dvc"
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]}: command not found") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+@main_entry
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.hypotheses",
+                                     description="The lab report's hypotheses as DVC experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="the catalogue as a table")
+    p.add_argument("--md", action="store_true", help="a Markdown table with each command")
+    p = sub.add_parser("commands", help="the `dvc exp run` line of each entry")
+    p.add_argument("--queue", action="store_true", help="with --queue")
+    p.add_argument("names", nargs="*")
+    p = sub.add_parser("queue", help="queue the entries, each from the baseline")
+    p.add_argument("--force", action="store_true", help="replace experiments of the same name")
+    p.add_argument("names", nargs="*")
+    for name, text in (("start", "start queue workers, wait until the queued experiments ran"),
+                       ("wait", "wait until the experiments queued or running now have run")):
+        p = sub.add_parser(name, help=text)
+        if name == "start":
+            p.add_argument("-j", "--jobs", type=int, default=1, help="experiments at a time")
+        p.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 = no limit")
+    args = parser.parse_args()
+
+    if args.command in ("start", "wait"):
+        run_queue(getattr(args, "jobs", 0), args.timeout)
+        return
+    catalogue = load()
+    if args.command == "list":
+        print(table(catalogue, markdown=args.md))
+    elif args.command == "commands":
+        for h in select(catalogue, args.names):
+            print(shlex.join(h.command(queue=args.queue)))
+    else:
+        queue(select(catalogue, args.names), force=args.force)
+
+
+if __name__ == "__main__":
+    main()
