@@ -229,6 +229,9 @@ class Trainer:
                  "%d epochs", count_parameters(self.model), self.device,
                  devices.describe(self.device), "on" if self.bf16 else "off",
                  len(self.train_batches), self.steps_per_epoch, p.train.epochs)
+        if pr.stopped_by == "budget" and (not budget or pr.wall_seconds < budget):
+            log.info("continuing a run its time budget stopped (train.budget_minutes raised)")
+            pr.stopped_by = ""
         if pr.stopped_by:
             return pr
         self.model.train()

@@ -111,3 +111,13 @@ def test_fingerprint_ignores_budget_but_not_model(tmp_path):
     assert fingerprint(make_params(model={"activation": "gelu"}), [f]) != base
     f.write_text("y")
     assert fingerprint(make_params(), [f]) != base
+
+
+def test_raising_the_budget_continues_a_stopped_run(tmp_path):
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    stopped = trainer(make_params(train={"budget_minutes": 1e-6, "epochs": 3}), data, tmp_path)
+    assert stopped.run().stopped_by == "budget"
+    resumed = trainer(make_params(train={"budget_minutes": 0.0, "epochs": 3}), data, tmp_path)
+    progress = resumed.run()
+    assert progress.stopped_by == "epochs" and len(progress.epoch_rows) == 3
+    assert progress.step == 1 + 2 * 6
