@@ -203,11 +203,16 @@ class DecoderCache:
         self.self_v = self_v
         self.length = 0  # tokens fed so far
 
-    def select(self, index: Tensor) -> None:
-        """Keep (and reorder) batch rows: beams that survive, sentences still open."""
-        self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
-                          for k, v in self.memory_kv]
-        self.src_mask = self.src_mask.index_select(0, index)
+    def select(self, index: Tensor, memory_changed: bool = True) -> None:
+        """Keep (and reorder) batch rows: beams that survive, sentences still open.
+
+        memory_changed=False: the rows only reorder beams within their sentence, whose
+        encoder keys/values are identical, so only the self-attention cache moves.
+        """
+        if memory_changed:
+            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
+                              for k, v in self.memory_kv]
+            self.src_mask = self.src_mask.index_select(0, index)
         self.self_k = [self._select_filled(k, index) for k in self.self_k]
         self.self_v = [self._select_filled(v, index) for v in self.self_v]
 

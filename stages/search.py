@@ -81,8 +81,8 @@ class _CachedDecoder:
     def step(self, tokens: Tensor) -> Tensor:  # (R,) -> logits (R, V)
         return self.model.decode_step(tokens, self.cache)
 
-    def select(self, index: Tensor) -> None:
-        self.cache.select(index)
+    def select(self, index: Tensor, sentences_changed: bool = True) -> None:
+        self.cache.select(index, memory_changed=sentences_changed)
 
 
 class _PrefixDecoder:
@@ -96,7 +96,7 @@ class _PrefixDecoder:
         self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (R, t + 1)
         return self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1]
 
-    def select(self, index: Tensor) -> None:
+    def select(self, index: Tensor, sentences_changed: bool = True) -> None:
         self.prefix = self.prefix.index_select(0, index)
         self.memory = self.memory.index_select(0, index)
         self.src_mask = self.src_mask.index_select(0, index)
@@ -193,7 +193,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
         if keep.numel() == 0:
             break
         rows = (keep[:, None] * k + beam[keep]).view(-1)  # (N'*k,) beams that go on
-        decoder.select(rows)
+        decoder.select(rows, sentences_changed=keep.numel() < n)
         tokens = token[keep].view(-1)
         prefix = torch.cat([prefix[rows], tokens[:, None]], dim=1)
         scores, alive, limit = scores[keep], alive[keep], limit[keep]

@@ -14,6 +14,7 @@ with the process. Where neither may mount, those cases are skipped.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import gzip
 import hashlib
@@ -37,22 +38,13 @@ from .conftest import synthetic_pairs
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d nmt[\w.]*: ")
 STAGES = ("prepare", "subsample", "train", "swa_average", "translate", "bleu", "plots")
-TINY = {
-    "data": {"corpus": "files", "files": {
-        "train_src": "corpus/train.de", "train_tgt": "corpus/train.en",
-        "val_src": "corpus/val.de", "val_tgt": "corpus/val.en",
-        "test_src": "corpus/test.de", "test_tgt": "corpus/test.en"}},
+# The e2e tiny project, smaller still: 2 epochs, a 100-piece vocabulary.
+TINY = e2e.deep_update(copy.deepcopy(e2e.TINY), {
     "tokenizer": {"vocab_size": 100},
-    "subsample": {"fraction": 1.0},
-    "model": {"d_model": 32, "nhead": 2, "dim_feedforward": 64, "num_encoder_layers": 1,
-              "num_decoder_layers": 1},
-    "schedule": {"warmup_steps": 4},
-    "train": {"epochs": 2, "batch_tokens": 1000, "keep_checkpoints": 2, "amp": "fp32",
-              "num_threads": 1},
+    "train": {"epochs": 2, "batch_tokens": 1000},
     "swa": {"last_epochs": 2},
-    "translate": {"beam_size": 2, "batch_sentences": 64},
     "plots": {"dpi": 40},
-}
+})
 
 # The stage runs as "$@" after the script has set up its private mounts.
 READ_ONLY = 'mount --bind data data && mount -o remount,bind,ro data && exec "$@"'
