@@ -199,8 +199,9 @@ class DecoderCache:
                  self_k: list[Tensor], self_v: list[Tensor]):
         self.memory_kv = memory_kv
         self.src_mask = src_mask
-        self.self_k = self_k  # each (B, H, max_len, K)
+        self.self_k = self_k  # each (B, H, max_len, K); rows beyond `rows` are stale
         self.self_v = self_v
+        self.rows = src_mask.shape[0]  # batch rows in use
         self.length = 0  # tokens fed so far
 
     def select(self, index: Tensor, memory_changed: bool = True) -> None:
@@ -213,14 +214,15 @@ class DecoderCache:
             self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
                               for k, v in self.memory_kv]
             self.src_mask = self.src_mask.index_select(0, index)
-        self.self_k = [self._select_filled(k, index) for k in self.self_k]
-        self.self_v = [self._select_filled(v, index) for v in self.self_v]
+        for buf in (*self.self_k, *self.self_v):
+            self._select_filled(buf, index)
+        self.rows = len(index)
 
-    def _select_filled(self, buf: Tensor, index: Tensor) -> Tensor:
-        """Copy only the positions written so far, not the buffer's empty future slots."""
-        out = buf.new_empty((len(index), *buf.shape[1:]))
-        out[:, :, :self.length] = buf[:, :, :self.length].index_select(0, index)
-        return out
+    def _select_filled(self, buf: Tensor, index: Tensor) -> None:
+        """Gather rows into the buffer's first len(index) rows, in place: only the
+        positions written so far move, and no new buffer is allocated each step."""
+        t = self.length
+        buf[:len(index), :, :t] = buf[:self.rows, :, :t].index_select(0, index)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -301,10 +303,11 @@ class Seq2SeqTransformer(nn.Module):
             h = attn.norm(x) if attn.norm_first else x
             block = attn.block
             q, k, v = (block._heads(z) for z in block.qkv_proj(h).chunk(3, dim=-1))
-            cache.self_k[i][:, :, t] = k[:, :, 0]
-            cache.self_v[i][:, :, t] = v[:, :, 0]
+            r = cache.rows
+            cache.self_k[i][:r, :, t] = k[:, :, 0]
+            cache.self_v[i][:r, :, t] = v[:, :, 0]
             y = F.scaled_dot_product_attention(
-                q, cache.self_k[i][:, :, :t + 1], cache.self_v[i][:, :, :t + 1])
+                q, cache.self_k[i][:r, :, :t + 1], cache.self_v[i][:r, :, :t + 1])
             y = block.out_proj(y.transpose(1, 2).reshape(x.shape))
             x = x + y if attn.norm_first else attn.norm(x + y)
             x = layer.cross_attn(x, kv=cache.memory_kv[i], mask=cache.src_mask)
