@@ -29,7 +29,7 @@ from torch import nn
 from . import checkpoints, device as devices, fsio, paths
 from .batching import collate, make_batches, padding_fraction
 from .errors import UserError, main_entry
-from .model import ModelConfig, Seq2SeqTransformer, count_parameters
+from .model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
 from .params import Params, load
 from .search import translate_ids
 from .tokenizer import Tokenizers
@@ -85,10 +85,7 @@ class PlainTransformer(nn.Module):
         d = cfg.d_model
         self.src_emb = nn.Embedding(cfg.src_vocab_size, d)
         self.tgt_emb = nn.Embedding(cfg.tgt_vocab_size, d)
-        pos = torch.arange(1024)[:, None] * torch.exp(torch.arange(0, d, 2) * (-math.log(1e4) / d))
-        table = torch.zeros(1024, d)
-        table[:, 0::2], table[:, 1::2] = torch.sin(pos), torch.cos(pos)
-        self.register_buffer("pos", table)
+        self.register_buffer("pos", sinusoidal_table(1024, d))
         self.transformer = nn.Transformer(d, cfg.nhead, cfg.num_encoder_layers,
                                           cfg.num_decoder_layers, cfg.dim_feedforward,
                                           cfg.dropout, batch_first=True)

@@ -170,15 +170,14 @@ class Trainer:
         self.progress.kept_epochs = kept[-self.p.train.keep_checkpoints:]
 
     # ---- the loop ------------------------------------------------------------------------
-    def loss_on(self, batch: Batch, normaliser: int) -> tuple[torch.Tensor, float]:
-        """(smoothed loss / normaliser, summed NLL) of one batch; the forward pass."""
+    def loss_on(self, batch: Batch, epsilon: float) -> tuple[torch.Tensor, float]:
+        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass."""
         b = batch.to(self.device)
         with devices.autocast(self.device, self.bf16):
             logits = self.forward(b.src, b.tgt_in)
         loss_sum, nll_sum = smoothed_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1),
-            self.p.loss.label_smoothing, self.cfg.pad_id)
-        return loss_sum / normaliser, float(nll_sum.detach())
+            logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1), epsilon, self.cfg.pad_id)
+        return loss_sum, float(nll_sum.detach())
 
     def train_step(self, window: list[Batch]) -> float:
         """One optimizer step over a window of batches; returns the mean NLL per token."""
@@ -189,8 +188,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         nll = 0.0
         for batch in window:
-            loss, nll_sum = self.loss_on(batch, tokens)
-            loss.backward()
+            loss_sum, nll_sum = self.loss_on(batch, self.p.loss.label_smoothing)
+            (loss_sum / tokens).backward()
             nll += nll_sum
         if not math.isfinite(nll):
             raise NonFiniteLoss(
@@ -212,13 +211,8 @@ class Trainer:
         self.model.eval()
         nll = tokens = 0
         for batch in self.val_batches:
-            b = batch.to(self.device)
-            with devices.autocast(self.device, self.bf16):
-                logits = self.forward(b.src, b.tgt_in)
-            _, nll_sum = smoothed_cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                b.tgt_out.reshape(-1), 0.0, self.cfg.pad_id)
-            nll += float(nll_sum)
-            tokens += b.n_tgt_tokens
+            nll += self.loss_on(batch, 0.0)[1]
+            tokens += batch.n_tgt_tokens
         self.model.train()
         return nll / max(tokens, 1)
 

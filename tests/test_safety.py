@@ -162,8 +162,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
     t = Trainer(p, tiny_cfg(), data, data[:1], state_dir, "fp")
     clean = t.loss_on
 
-    def nan_at_step_5(batch, normaliser):
-        loss, nll = clean(batch, normaliser)
+    def nan_at_step_5(batch, epsilon):
+        loss, nll = clean(batch, epsilon)
         if t.progress.step + 1 == 5:
             return loss * float("nan"), float("nan")
         return loss, nll
