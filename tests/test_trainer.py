@@ -85,7 +85,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 
 def test_budget_stops_cleanly_after_a_step(tmp_path):
     data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
-    t = trainer(make_params(train={"budget_minutes": 1e-6, "epochs": 3}), data, tmp_path)
+    t = trainer(make_params(train={"budget_minutes": 1e-9, "epochs": 3}), data, tmp_path)
     progress = t.run()
     assert progress.stopped_by == "budget"
     assert progress.step == 1 and len(progress.epoch_rows) == 1
@@ -115,7 +115,7 @@ def test_fingerprint_ignores_budget_but_not_model(tmp_path):
 
 def test_raising_the_budget_continues_a_stopped_run(tmp_path):
     data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
-    stopped = trainer(make_params(train={"budget_minutes": 1e-6, "epochs": 3}), data, tmp_path)
+    stopped = trainer(make_params(train={"budget_minutes": 1e-9, "epochs": 3}), data, tmp_path)
     assert stopped.run().stopped_by == "budget"
     resumed = trainer(make_params(train={"budget_minutes": 0.0, "epochs": 3}), data, tmp_path)
     progress = resumed.run()
