@@ -46,8 +46,61 @@ class ModelConfig:
                    share_vocab=share_vocab, pad_id=pad_id, **fields)
 
 
+def cpu_dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout whose mask costs a quarter of the random draws of F.dropout.
+
+    On the CPU, F.dropout draws one random float per element (bernoulli_), which
+    took 18% of a training step here. One 64-bit draw gives four 16-bit lanes;
+    each keeps its element when the lane is >= p * 65536 (p to within 1.5e-5).
+    """
+    n = x.numel()
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    lanes = bits.view(torch.int16)[:n].view(x.shape)
+    scale = (lanes >= round(p * 65536) - 32768).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * scale  # one multiply forward and backward: cheaper than torch.where here
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with the cheaper CPU mask of `cpu_dropout`; F.dropout elsewhere."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type == "cpu":
+            return cpu_dropout(x, self.p)
+        return F.dropout(x, self.p, training=True)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+                       dropout: float) -> Tensor:
+    """softmax(q k^T / sqrt(K)) v written out, softmax in fp32.
+
+    For CPU training at these lengths (10-50 tokens) this runs forward and
+    backward 3-7x faster than scaled_dot_product_attention's CPU flash kernel,
+    whose backward took 28% of a training step (measured with torch.profiler).
+    """
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if causal:
+        n, m = scores.shape[-2:]
+        future = torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    wide = torch.promote_types(scores.dtype, torch.float32)  # bf16 -> fp32, fp64 stays
+    probs = torch.softmax(scores.to(wide), dim=-1).to(v.dtype)
+    if dropout > 0.0:
+        probs = cpu_dropout(probs, dropout) if probs.device.type == "cpu" else F.dropout(
+            probs, dropout, training=True)
+    return probs @ v
+
+
 class Attention(nn.Module):
-    """Multi-head attention over F.scaled_dot_product_attention (fused kernels)."""
+    """Multi-head attention: F.scaled_dot_product_attention (fused kernels), except
+    when training on the CPU, where the explicit form is faster (explicit_attention)."""
 
     def __init__(self, cfg: ModelConfig, cross: bool):
         super().__init__()
@@ -84,8 +137,11 @@ class Attention(nn.Module):
         else:
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                           is_causal=causal and mask is None)
+        if q.device.type == "cpu" and torch.is_grad_enabled():
+            y = explicit_attention(q, k, v, mask, causal, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               is_causal=causal and mask is None)
         b, h, n, kd = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, n, h * kd))
 
@@ -106,7 +162,7 @@ class FeedForward(nn.Module):
             self.gate = nn.Linear(cfg.d_model, hidden)
         self.up = nn.Linear(cfg.d_model, hidden)
         self.down = nn.Linear(hidden, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation == "swiglu":
@@ -125,7 +181,7 @@ class Sublayer(nn.Module):
         super().__init__()
         self.block = block
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
     def forward(self, x: Tensor, **kw) -> Tensor:
@@ -179,7 +235,7 @@ class Embedding(nn.Module):
         else:
             self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
         n = ids.shape[1]
@@ -270,15 +326,22 @@ class Seq2SeqTransformer(nn.Module):
         return self.enc_norm(x), mask
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """Teacher forcing: tgt_in (B, T) -> logits (B, T, V), causal self-attention."""
+        """Teacher forcing: tgt_in (B, T) -> final decoder states (B, T, D), causal
+        self-attention; `out_proj` turns them into logits."""
         x = self.tgt_embed(tgt_in)
         for layer in self.decoder:
             x = layer(x, layer.cross_attn.block.project_kv(memory), src_mask)
-        return self.out_proj(self.dec_norm(x))
+        return self.dec_norm(x)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """(B, S), (B, T) -> decoder states (B, T, D); training feeds them with
+        `out_proj.weight` to loss.linear_cross_entropy."""
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """(B, S), (B, T) -> logits (B, T, V)."""
+        return self.out_proj(self.features(src, tgt_in))
 
     @torch.no_grad()
     def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int) -> DecoderCache:

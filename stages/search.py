@@ -94,7 +94,7 @@ class _PrefixDecoder:
 
     def step(self, tokens: Tensor) -> Tensor:  # (R,) -> logits (R, V)
         self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (R, t + 1)
-        return self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1]
+        return self.model.out_proj(self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1])
 
     def select(self, index: Tensor, sentences_changed: bool = True) -> None:
         self.prefix = self.prefix.index_select(0, index)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import checkpoints, device as devices, fsio
 from .batching import Batch, epoch_order
 from .errors import UserError
-from .loss import smoothed_cross_entropy
+from .loss import linear_cross_entropy
 from .model import ModelConfig, Seq2SeqTransformer, count_parameters
 from .optim import build_optimizer, phase_for_epoch
 from .params import Params
@@ -104,10 +104,10 @@ class Trainer:
 
         seed_everything(params.seed)
         self.model = Seq2SeqTransformer(cfg).to(self.device)
-        self.forward = self.model
+        self.features = self.model.features
         if params.train.compile:
             if self.device.type == "cuda":
-                self.forward = torch.compile(self.model, dynamic=True)
+                self.features = torch.compile(self.model.features, dynamic=True)
             else:
                 log.info("train.compile is for CUDA; running eagerly on the CPU")
         self.progress = Progress(fingerprint=fp)
@@ -174,10 +174,11 @@ class Trainer:
         """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass."""
         b = batch.to(self.device)
         with devices.autocast(self.device, self.bf16):
-            logits = self.forward(b.src, b.tgt_in)
-        loss_sum, nll_sum = smoothed_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1), epsilon, self.cfg.pad_id)
-        return loss_sum, float(nll_sum.detach())
+            hidden = self.features(b.src, b.tgt_in)
+        loss_sum, nll_sum = linear_cross_entropy(
+            hidden, self.model.out_proj.weight, b.tgt_out, epsilon, self.cfg.pad_id,
+            dtype=torch.bfloat16 if self.bf16 else torch.float32)
+        return loss_sum, float(nll_sum)
 
     def train_step(self, window: list[Batch]) -> float:
         """One optimizer step over a window of batches; returns the mean NLL per token."""

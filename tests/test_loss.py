@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.loss import SmoothCE, smoothed_cross_entropy
+from stages.loss import SmoothCE, linear_cross_entropy, smoothed_cross_entropy
 
 PAD = 1
 EPSILONS = [0.0, 0.05, 0.1, 0.2, 0.5]
@@ -90,3 +90,47 @@ def test_rejects_bad_arguments():
         SmoothCE(0.1, PAD, "none")
     with pytest.raises(ValueError, match="epsilon"):
         SmoothCE(1.0, PAD)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.3])
+def test_fused_head_equals_projection_then_loss(epsilon):
+    """linear_cross_entropy = smoothed_cross_entropy(hidden @ W.T): loss, NLL and both
+    gradients, with padding rows and chunks that do not divide the row count."""
+    torch.manual_seed(1)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 11, (3, 7))
+    target[0, 4:] = 0
+    target[2, 1:] = 0
+    loss, nll = linear_cross_entropy(hidden, weight, target, epsilon, 0, chunk_rows=4)
+    (loss * 0.37).backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    ref_loss, ref_nll = smoothed_cross_entropy(hidden @ weight.t(), target, epsilon, 0)
+    (ref_loss * 0.37).backward()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-6)
+    assert torch.allclose(got[0], hidden.grad, atol=1e-6)
+    assert torch.allclose(got[1], weight.grad, atol=1e-6)
+    assert got[0][2, 1:].abs().sum() == 0  # padding rows get no gradient
+
+
+def test_fused_head_bf16_matches_float32_closely():
+    torch.manual_seed(2)
+    hidden = torch.randn(64, 32, requires_grad=True)
+    weight = (torch.randn(500, 32) * 0.2).requires_grad_()
+    target = torch.randint(1, 500, (64,))
+    loss, _ = linear_cross_entropy(hidden, weight, target, 0.1, 0, dtype=torch.bfloat16)
+    loss.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    ref, _ = smoothed_cross_entropy(hidden @ weight.t(), target, 0.1, 0)
+    assert loss.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_fused_head_without_grad_gives_the_loss_only():
+    hidden, weight = torch.randn(5, 8), torch.randn(9, 8)
+    target = torch.tensor([1, 2, 0, 4, 5])
+    with torch.no_grad():
+        loss, nll = linear_cross_entropy(hidden, weight, target, 0.0, 0)
+    ref, _ = smoothed_cross_entropy(hidden @ weight.t(), target, 0.0, 0)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5) and nll.item() == loss.item()

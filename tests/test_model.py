@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from stages.model import ModelConfig, build, count_parameters
+import torch.nn.functional as F
+
+from stages.model import ModelConfig, build, count_parameters, cpu_dropout, explicit_attention
 
 
 def tiny(**kw) -> ModelConfig:
@@ -63,3 +65,41 @@ def test_sinusoidal_positions_extend_past_table():
     model = build(tiny(max_positions=8)).eval()
     src = torch.randint(4, 40, (1, 20))
     assert model(src, src).shape == (1, 20, 40)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_cpu_dropout_drops_p_and_rescales_the_rest(p):
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = cpu_dropout(x, p)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(p, abs=0.005)
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes exactly where y kept x
+
+
+def test_cpu_dropout_follows_the_torch_seed():
+    x = torch.ones(1000)
+    torch.manual_seed(5)
+    a = cpu_dropout(x, 0.2)
+    torch.manual_seed(5)
+    assert torch.equal(a, cpu_dropout(x, 0.2))
+    assert not torch.equal(a, cpu_dropout(x, 0.2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_explicit_attention_equals_sdpa_with_gradients(causal):
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(3, 2, 6, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    y = explicit_attention(q, k, v, mask, causal, 0.0)
+    grads = torch.autograd.grad(y.square().sum(), (q, k, v))
+    full = mask & torch.ones(6, 6, dtype=torch.bool).tril() if causal else mask
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert torch.allclose(y, ref, atol=1e-10)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-10)
