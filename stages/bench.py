@@ -9,12 +9,14 @@ and thread count:
   written the plain way a tutorial would (torch.nn.Transformer, 128-sentence
   batches in random order, fp32), with the ratio;
 - decoding: sentences/s on the test set, greedy and beam 5, with the decoder's
-  key/value cache and with the recompute-the-prefix baseline, same outputs.
+  key/value cache and with the recompute-the-prefix baseline, same outputs;
+- with --compile (default on CUDA only), the train step under torch.compile too.
 It prints a table and writes reports/bench.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -116,8 +118,29 @@ def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> 
     return (time.perf_counter() - start) / steps
 
 
+def bench_compiled(params: Params, cfg: ModelConfig, batches: list, steps: int, warmup: int,
+                   device: torch.device, eager_tps: float) -> dict:
+    """The same train step under torch.compile (train.compile: true): seconds spent in the
+    warm-up steps, where compilation happens, and steady-state tokens/s against eager."""
+    compiled = dataclasses.replace(params, train=dataclasses.replace(params.train, compile=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(compiled, cfg, batches, batches[:1], Path(tmp) / "state", "bench")
+        start = time.perf_counter()
+        for b in batches[:warmup]:
+            trainer.train_step([b])
+        sync(device)
+        warmup_s = time.perf_counter() - start
+        per_step = time_steps(lambda b: trainer.train_step([b]), batches[warmup:], steps, 0,
+                              device)
+    tokens = sum(b.n_tgt_tokens for b in batches[warmup:warmup + steps])
+    tps = tokens / (per_step * steps)
+    return {"compiled_tokens_per_s": round(tps, 1), "compile_warmup_steps": warmup,
+            "compile_warmup_seconds": round(warmup_s, 1),
+            "compile_speedup": round(tps / eager_tps, 2)}
+
+
 def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device: torch.device,
-                   steps: int) -> dict:
+                   steps: int, compile_: bool = False) -> dict:
     cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
                                   tok.shared, tok.pad_id)
     special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
@@ -159,6 +182,9 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
     plain_tokens = sum(b.n_tgt_tokens for b in plain_timed)
     ours_tps = tokens / (per_step * steps)
     plain_tps = plain_tokens / (plain_per_step * n_plain)
+    # Compiled, when asked: warm-up over 10 batch shapes (dynamic shapes compile once or
+    # twice), timed on batches after them.
+    compiled = bench_compiled(params, cfg, ours, steps, 10, device, ours_tps) if compile_ else {}
     return {
         "parameters": count_parameters(trainer.model),
         "plain_parameters": count_parameters(plain),
@@ -174,6 +200,7 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
         "speedup": round(ours_tps / plain_tps, 2),
         "steps_timed": steps,
         "peak_memory_mb": round(devices.peak_memory_mb(device), 1),
+        **compiled,
     }
 
 
@@ -226,6 +253,13 @@ def print_table(r: dict) -> None:
         ("train: MFU", f"{t['mfu']:.1%}"),
         ("train: peak memory MB", f"{t['peak_memory_mb']:.0f}"),
     ]
+    if "compiled_tokens_per_s" in t:
+        rows += [
+            ("train: tokens/s with torch.compile", f"{t['compiled_tokens_per_s']:.0f}  "
+             f"({t['compile_speedup']:.2f}x eager)"),
+            (f"train: compile warm-up ({t['compile_warmup_steps']} steps), s",
+             f"{t['compile_warmup_seconds']:.0f}"),
+        ]
     for name, d in r["decoding"].items():
         rows.append((f"decode {name}: sentences/s ({d['sentences']} sent., cached)",
                      f"{d['sentences_per_s']:.1f}"))
@@ -245,6 +279,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps timed per variant")
     ap.add_argument("--uncached-sentences", type=int, default=200,
                     help="test sentences decoded by both the cached and the uncached decoder")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="also time the train step under torch.compile; auto: on CUDA only "
+                         "(on this 2-core CPU it compiled for 140 s and then ran slower)")
     args = ap.parse_args()
     start = time.perf_counter()
     params = load()
@@ -257,7 +294,8 @@ def main() -> None:
     tgt = tok.encode_tgt(fsio.read_utf8_lines(paths.PREPARED / "train.tgt"))
     log.info("training benchmark: %d steps per variant on %s", args.steps,
              devices.describe(device))
-    training = bench_training(params, tok, src, tgt, device, args.steps)
+    compile_ = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    training = bench_training(params, tok, src, tgt, device, args.steps, compile_)
 
     model_path = paths.MODEL / "averaged.pt"
     if model_path.exists():

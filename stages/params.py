@@ -161,7 +161,7 @@ class Train:
     save_every_steps: int = 0  # resume state every N optimizer steps; 0 = each epoch only
     budget_minutes: float = 0.0  # stop cleanly after this much training time; 0 = no budget
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # not "off": YAML 1.1 reads it as false
-    compile: bool = False  # torch.compile the model (CUDA only)
+    compile: bool = False  # torch.compile the model (any device; slower on a 2-core CPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
