@@ -249,36 +249,50 @@ class Embedding(nn.Module):
 
 
 class DecoderCache:
-    """Per-layer decoding state: cross-attention K/V and preallocated self K/V buffers."""
+    """Per-layer decoding state: cross-attention K/V and preallocated self K/V buffers.
+
+    Rows are sentence-major in groups of `group` (the beams of one sentence); the
+    cross-attention keys/values and source mask have one row per sentence, so a
+    group's beams attend to them together as `group` queries.
+    """
 
     def __init__(self, memory_kv: list[tuple[Tensor, Tensor]], src_mask: Tensor,
-                 self_k: list[Tensor], self_v: list[Tensor]):
-        self.memory_kv = memory_kv
-        self.src_mask = src_mask
-        self.self_k = self_k  # each (B, H, max_len, K); rows beyond `rows` are stale
+                 self_k: list[Tensor], self_v: list[Tensor], group: int = 1):
+        self.memory_kv = memory_kv  # each (N, H, S, K), one row per sentence
+        self.src_mask = src_mask  # (N, 1, 1, S)
+        # Each (N * group, H, max_len, K); rows beyond `rows` and positions beyond
+        # `length` are stale (never read before written).
+        self.self_k = self_k
         self.self_v = self_v
-        self.rows = src_mask.shape[0]  # batch rows in use
+        self.spare = torch.empty_like(self_k[0])  # where `select` gathers into
+        self.group = group
+        self.rows = src_mask.shape[0] * group  # batch rows in use
         self.length = 0  # tokens fed so far
 
-    def select(self, index: Tensor, memory_changed: bool = True) -> None:
-        """Keep (and reorder) batch rows: beams that survive, sentences still open.
+    def select(self, index: Tensor, sentences: Tensor | None = None) -> None:
+        """Keep (and reorder) rows: beams that survive, sentences still open.
 
-        memory_changed=False: the rows only reorder beams within their sentence, whose
-        encoder keys/values are identical, so only the self-attention cache moves.
+        index: the rows to keep, in their new order, still `group` per sentence.
+        sentences: the sentences kept, when some closed; None when the rows only
+        reorder beams within their sentences, whose encoder keys/values stay.
         """
-        if memory_changed:
-            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
+        if sentences is not None:
+            self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences))
                               for k, v in self.memory_kv]
-            self.src_mask = self.src_mask.index_select(0, index)
-        for buf in (*self.self_k, *self.self_v):
-            self._select_filled(buf, index)
+            self.src_mask = self.src_mask.index_select(0, sentences)
+        for buffers in (self.self_k, self.self_v):
+            for i, buf in enumerate(buffers):
+                buffers[i] = self._select_filled(buf, index)
         self.rows = len(index)
 
-    def _select_filled(self, buf: Tensor, index: Tensor) -> None:
-        """Gather rows into the buffer's first len(index) rows, in place: only the
-        positions written so far move, and no new buffer is allocated each step."""
-        t = self.length
-        buf[:len(index), :, :t] = buf[:self.rows, :, :t].index_select(0, index)
+    def _select_filled(self, buf: Tensor, index: Tensor) -> Tensor:
+        """Gather rows into the spare buffer's first len(index) rows and return it; `buf`
+        becomes the spare. Only the positions written so far move, in one copy, and
+        no buffer is allocated per step."""
+        t, out = self.length, self.spare
+        torch.index_select(buf[:self.rows, :, :t], 0, index, out=out[:len(index), :, :t])
+        self.spare = buf
+        return out
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -344,16 +358,19 @@ class Seq2SeqTransformer(nn.Module):
         return self.out_proj(self.features(src, tgt_in))
 
     @torch.no_grad()
-    def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int) -> DecoderCache:
-        b = memory.shape[0]
+    def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int,
+                       group: int = 1) -> DecoderCache:
+        """memory (N, S, D) and src_mask of N sentences, decoded in `group` rows each."""
+        b = memory.shape[0] * group
         h, kd = self.cfg.nhead, self.cfg.d_model // self.cfg.nhead
         shape = (b, h, max_len, kd)
         n = len(self.decoder)
         return DecoderCache(
             memory_kv=[layer.cross_attn.block.project_kv(memory) for layer in self.decoder],
             src_mask=src_mask,
-            self_k=[memory.new_zeros(shape) for _ in range(n)],
-            self_v=[memory.new_zeros(shape) for _ in range(n)],
+            self_k=[memory.new_empty(shape) for _ in range(n)],
+            self_v=[memory.new_empty(shape) for _ in range(n)],
+            group=group,
         )
 
     @torch.no_grad()
@@ -373,7 +390,9 @@ class Seq2SeqTransformer(nn.Module):
                 q, cache.self_k[i][:r, :, :t + 1], cache.self_v[i][:r, :, :t + 1])
             y = block.out_proj(y.transpose(1, 2).reshape(x.shape))
             x = x + y if attn.norm_first else attn.norm(x + y)
-            x = layer.cross_attn(x, kv=cache.memory_kv[i], mask=cache.src_mask)
+            # A sentence's beams: `group` queries against its one copy of the memory.
+            x = layer.cross_attn(x.view(r // cache.group, cache.group, -1),
+                                 kv=cache.memory_kv[i], mask=cache.src_mask).view(x.shape)
             x = layer.ffn(x)
         cache.length = t + 1
         return self.out_proj(self.dec_norm(x))[:, 0]

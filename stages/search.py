@@ -72,41 +72,48 @@ def batch_sources(model: Seq2SeqTransformer, src_batch: list[list[int]], *, max_
 
 
 class _CachedDecoder:
-    """Incremental decoding: one new token per row, past keys/values from the model's cache."""
+    """Incremental decoding: one new token per row, past keys/values from the model's cache.
+    The encoder output is kept once per sentence, not once per beam."""
 
-    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, steps: int):
+    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, steps: int,
+                 group: int):
         self.model = model
-        self.cache = model.start_decoding(memory, src_mask, steps)
+        self.cache = model.start_decoding(memory, src_mask, steps, group=group)
 
     def step(self, tokens: Tensor) -> Tensor:  # (R,) -> logits (R, V)
         return self.model.decode_step(tokens, self.cache)
 
-    def select(self, index: Tensor, sentences_changed: bool = True) -> None:
-        self.cache.select(index, memory_changed=sentences_changed)
+    def select(self, rows: Tensor, sentences: Tensor | None) -> None:
+        self.cache.select(rows, sentences)
 
 
 class _PrefixDecoder:
-    """The baseline: the full decoder over the whole prefix again at every step."""
+    """The baseline: the full decoder over the whole prefix again at every step, with the
+    encoder output repeated for each beam, as a plain implementation does."""
 
-    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor):
-        self.model, self.memory, self.src_mask = model, memory, src_mask
-        self.prefix = torch.empty(memory.shape[0], 0, dtype=torch.long, device=memory.device)
+    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, group: int):
+        self.model = model
+        self.memory = memory.repeat_interleave(group, dim=0)
+        self.src_mask = src_mask.repeat_interleave(group, dim=0)
+        self.prefix = torch.empty(self.memory.shape[0], 0, dtype=torch.long,
+                                  device=memory.device)
 
     def step(self, tokens: Tensor) -> Tensor:  # (R,) -> logits (R, V)
         self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (R, t + 1)
         return self.model.out_proj(self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1])
 
-    def select(self, index: Tensor, sentences_changed: bool = True) -> None:
-        self.prefix = self.prefix.index_select(0, index)
-        self.memory = self.memory.index_select(0, index)
-        self.src_mask = self.src_mask.index_select(0, index)
+    def select(self, rows: Tensor, sentences: Tensor | None) -> None:
+        self.prefix = self.prefix.index_select(0, rows)
+        self.memory = self.memory.index_select(0, rows)
+        self.src_mask = self.src_mask.index_select(0, rows)
 
 
 def _decoder(model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, steps: int,
-             use_cache: bool) -> _CachedDecoder | _PrefixDecoder:
+             use_cache: bool, group: int = 1) -> _CachedDecoder | _PrefixDecoder:
+    """A decoder over N sentences (memory (N, S, D)) with `group` rows each (beams)."""
     if use_cache:
-        return _CachedDecoder(model, memory, src_mask, steps)
-    return _PrefixDecoder(model, memory, src_mask)
+        return _CachedDecoder(model, memory, src_mask, steps, group)
+    return _PrefixDecoder(model, memory, src_mask, group)
 
 
 @torch.inference_mode()
@@ -129,7 +136,7 @@ def greedy(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bos: int
             keep = is_open.nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            decoder.select(keep)
+            decoder.select(keep, keep)
             alive, limit, tokens = alive[keep], limit[keep], tokens[keep]
     return [row[:row.index(eos)] for row in out.tolist()]
 
@@ -151,8 +158,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
     memory, src_mask = model.encode(src)
     b, dev = src.shape[0], src.device
     steps = int(max_lens.max()) + 1  # the last step can only be eos
-    decoder = _decoder(model, memory.repeat_interleave(k, dim=0),
-                       src_mask.repeat_interleave(k, dim=0), steps, use_cache)
+    decoder = _decoder(model, memory, src_mask, steps, use_cache, group=k)
     # Per open sentence, (N,): which it is, its length limit, closed hypotheses so far,
     # the best closed score, and the penalty dividing a hypothesis as long as allowed.
     alive = torch.arange(b, device=dev)
@@ -193,7 +199,7 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
         if keep.numel() == 0:
             break
         rows = (keep[:, None] * k + beam[keep]).view(-1)  # (N'*k,) beams that go on
-        decoder.select(rows, sentences_changed=keep.numel() < n)
+        decoder.select(rows, keep if keep.numel() < n else None)
         tokens = token[keep].view(-1)
         prefix = torch.cat([prefix[rows], tokens[:, None]], dim=1)
         scores, alive, limit = scores[keep], alive[keep], limit[keep]

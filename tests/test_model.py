@@ -103,3 +103,26 @@ def test_explicit_attention_equals_sdpa_with_gradients(causal):
     assert torch.allclose(y, ref, atol=1e-10)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_grouped_cache_equals_memory_repeated_per_beam():
+    """Beams of a sentence share one copy of its memory (group=k) and give the same
+    logits as k repeated copies, also after reordering rows and dropping a sentence."""
+    torch.manual_seed(4)
+    model = build(tiny()).eval()
+    src = torch.randint(4, 40, (3, 7))
+    src[1, 5:] = 0
+    k = 2
+    memory, mask = model.encode(src)
+    grouped = model.start_decoding(memory, mask, max_len=6, group=k)
+    repeated = model.start_decoding(memory.repeat_interleave(k, 0),
+                                    mask.repeat_interleave(k, 0), max_len=6)
+    tokens = torch.randint(4, 40, (3 * k,))
+    for step in range(4):
+        a, b = model.decode_step(tokens, grouped), model.decode_step(tokens, repeated)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        if step == 1:  # swap the beams of sentence 0, drop sentence 1
+            rows = torch.tensor([1, 0, 4, 5])
+            grouped.select(rows, sentences=torch.tensor([0, 2]))
+            repeated.select(rows, sentences=rows)
+            tokens = tokens[rows]
