@@ -177,7 +177,9 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
     for t in range(steps):
         n = alive.numel()
         logp = F.log_softmax(decoder.step(tokens).float(), dim=-1)  # (N*k, V)
-        logp.masked_fill_((limit <= t).repeat_interleave(k)[:, None] & not_eos, -torch.inf)
+        at_limit = limit <= t  # (N,)
+        if at_limit.any():  # only eos may follow
+            logp.masked_fill_(at_limit.repeat_interleave(k)[:, None] & not_eos, -torch.inf)
         top, index = (scores[:, :, None] + logp.view(n, k, v)).view(n, k * v).topk(2 * k)
         beam, token = index // v, index % v  # (N, 2k) each, best first
         is_eos = token == eos
