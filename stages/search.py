@@ -180,8 +180,12 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
         at_limit = limit <= t  # (N,)
         if at_limit.any():  # only eos may follow
             logp.masked_fill_(at_limit.repeat_interleave(k)[:, None] & not_eos, -torch.inf)
-        top, index = (scores[:, :, None] + logp.view(n, k, v)).view(n, k * v).topk(2 * k)
-        beam, token = index // v, index % v  # (N, 2k) each, best first
+        # The best 2k extensions of a sentence are among each beam's best 2k tokens: rank
+        # those (N, k * 2k) instead of all (N, k * V).
+        m = min(2 * k, v)
+        row_top, row_token = logp.topk(m)  # (N*k, m)
+        top, index = (scores[:, :, None] + row_top.view(n, k, m)).view(n, k * m).topk(2 * k)
+        beam, token = index // m, row_token.view(n, k * m).gather(1, index)  # (N, 2k), best first
         is_eos = token == eos
 
         close = is_eos[:, :k] & top[:, :k].isfinite()  # (N, k)
