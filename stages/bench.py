@@ -273,7 +273,7 @@ def print_table(r: dict) -> None:
                      f"{d['sentences_per_s']:.1f}"))
         rows.append((f"decode {name}: cached vs uncached ({d['subset']} sent.)",
                      f"{d['subset_cached_sentences_per_s']:.1f} vs "
-                     f"{d['subset_uncached_sentences_per_s']:.1f} = {d['speedup']:.1f}x, "
+                     f"{d['subset_uncached_sentences_per_s']:.1f} = {d['speedup']:.2f}x, "
                      f"same output: {d['same_output']}"))
     rows.append(("decode model", r["decode_model"]))
     rows.append(("bench seconds", f"{r['seconds']:.0f}"))
