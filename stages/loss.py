@@ -153,7 +153,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float,
                          ignore_index: int, dtype: torch.dtype | None = None,
-                         chunk_rows: int = 64) -> tuple[Tensor, Tensor]:
+                         chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """`smoothed_cross_entropy(hidden @ weight.T, ...)` without the (N, V) intermediates.
 
     Args:
@@ -161,12 +161,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon
         target, epsilon, ignore_index: as for `smoothed_cross_entropy`.
         dtype: matmul dtype (bf16 under mixed precision); None = hidden's dtype.
             Reductions and the gradient's softmax are float32 either way.
-        chunk_rows: rows per chunk; 64 rows of 8000 float32 logits (2 MB) stay in L2.
+        chunk_rows: rows per chunk; None: 64 on the CPU, where 64 rows of 8000 float32
+            logits (2 MB) stay in L2, and all rows at once on a GPU, where each chunk
+            would cost kernel launches instead.
 
     Returns (loss_sum, nll_sum) like `smoothed_cross_entropy`; only loss_sum has
     a gradient, and it may be backpropagated once.
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    if chunk_rows is None:
+        chunk_rows = 64 if hidden.device.type == "cpu" else max(1, hidden.numel())
     return _LinearCrossEntropy.apply(hidden, weight, target, float(epsilon), ignore_index,
                                      dtype or hidden.dtype, chunk_rows)
