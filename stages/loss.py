@@ -113,7 +113,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_logits = torch.empty_like(logits) if want_grad else None
         nll = logits.new_empty(n, dtype=torch.float32)
-        uniform = logits.new_empty(n, dtype=torch.float32)
+        uniform = logits.new_empty(n, dtype=torch.float32) if epsilon else None
         for r in range(0, n, chunk_rows):
             rows = slice(r, r + chunk_rows)
             x = logits[rows].float()

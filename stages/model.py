@@ -60,23 +60,26 @@ def cpu_dropout(x: Tensor, p: float) -> Tensor:
     return x * scale  # one multiply forward and backward: cheaper than torch.where here
 
 
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Training-mode dropout: `cpu_dropout` on the CPU, F.dropout elsewhere."""
+    if p == 0.0:
+        return x
+    return cpu_dropout(x, p) if x.device.type == "cpu" else F.dropout(x, p, training=True)
+
+
 class Dropout(nn.Module):
-    """nn.Dropout, with the cheaper CPU mask of `cpu_dropout`; F.dropout elsewhere."""
+    """nn.Dropout over `dropout`."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.device.type == "cpu":
-            return cpu_dropout(x, self.p)
-        return F.dropout(x, self.p, training=True)
+        return dropout(x, self.p) if self.training else x
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                       dropout: float) -> Tensor:
+                       p: float) -> Tensor:
     """softmax(q k^T / sqrt(K)) v written out, softmax in fp32.
 
     For CPU training at these lengths (10-50 tokens) this runs forward and
@@ -92,10 +95,7 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cau
         scores = scores.masked_fill(~mask, float("-inf"))
     wide = torch.promote_types(scores.dtype, torch.float32)  # bf16 -> fp32, fp64 stays
     probs = torch.softmax(scores.to(wide), dim=-1).to(v.dtype)
-    if dropout > 0.0:
-        probs = cpu_dropout(probs, dropout) if probs.device.type == "cpu" else F.dropout(
-            probs, dropout, training=True)
-    return probs @ v
+    return dropout(probs, p) @ v
 
 
 class Attention(nn.Module):
