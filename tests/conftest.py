@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-MULTI30K_MIRROR = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+from tests.e2e import MIRROR as MULTI30K_MIRROR
 
 # (German, English) pieces of the synthetic corpus: word for word, so it stays aligned.
 _ADJECTIVES = [("große", "big"), ("kleine", "small"), ("grüne", "green"), ("weiße", "white"),

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = REPO.parent / "shared" / "data" / "multi30k"
+# The Multi30k files: $NMT_DATA_MIRROR as the README sets it, else ../shared beside the project.
+MIRROR = Path(os.environ.get("NMT_DATA_MIRROR") or REPO.parent / "shared" / "data" / "multi30k")
 VENV_BIN = Path(sys.executable).parent
 
 TINY = {
