@@ -19,10 +19,11 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 # The whole pipeline on the default params (the hypothesis-testing baseline).
@@ -41,12 +42,12 @@ test-fast: setup
 
 # The report's hypotheses (hypotheses.yaml), each one experiment from the baseline.
 hypotheses: setup
-	$(PY) -m stages.hypotheses list
+	$(VENV)/bin/nmtlab hypotheses list
 
 # Needs params.yaml and dvc.yaml committed; commit dvc.lock after `make repro` too,
 # or every experiment reruns the baseline's stages.
 queue-hypotheses: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.hypotheses queue
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab hypotheses queue
 
 # Runs the queue (`dvc queue start -j JOBS`, JOBS default 1) and waits until it is
 # done; fails naming the experiments that failed. Each job gets cores/JOBS torch
@@ -56,16 +57,16 @@ queue-hypotheses: setup
 run-queue: setup
 	export PATH=$(abspath $(VENV))/bin:$$PATH \
 	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))}; \
-	$(PY) -m stages.hypotheses start -j $(JOBS); status=$$?; \
+	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
 	$(DVC) queue status; $(DVC) exp show --no-pager --md --only-changed; exit $$status
 
 # Every experiment against its baseline, with significance: reports/experiments.md + PNGs.
 report: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.report
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab report
 
 # Training and decoding speed against plain baselines: a table and reports/bench.json.
 bench: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m stages.bench
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab bench
 
 # The full-data preset (README, "Full data"): all 29,000 pairs, under an hour on 2 CPU cores.
 full: setup

@@ -1,1 +1,1 @@
-"""NMT experiment pipeline: one entry module per DVC stage plus shared library modules."""
+"""The seven DVC stages, one thin entry module each (python -m stages.<name>); dvc.yaml is the map."""

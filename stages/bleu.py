@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from . import fsio, paths
-from .errors import UserError, main_entry
-from .metrics import score
-from .params import load
+from nmt import fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.scoring import score
+from nmt.params import load
 
 log = logging.getLogger("nmt.bleu")
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 
-from . import fsio, paths
-from .errors import UserError, main_entry
-from .params import load
-from .plotting import line_plot, read_tsv
+from nmt import fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.params import load
+from nmt.plotting import line_plot, read_tsv
 
 
 @main_entry

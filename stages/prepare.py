@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import errors, fsio, params, paths
-from .corpus import Corpus, Split, filter_train, load_corpus, normalise_corpus
-from .tokenizer import Tokenizers, train_tokenizers
+from nmt import errors, fsio, params, paths
+from nmt.corpus import Corpus, Split, filter_train, load_corpus, normalise_corpus
+from nmt.tokenizer import Tokenizers, train_tokenizers
 
 log = logging.getLogger("nmt")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import random
 
-from . import errors, fsio, params, paths
-from .errors import UserError
+from nmt import errors, fsio, params, paths
+from nmt.errors import UserError
 
 log = logging.getLogger("nmt")
 

@@ -13,9 +13,9 @@ import re
 
 import torch
 
-from . import checkpoints, fsio, paths
-from .errors import UserError, main_entry
-from .params import load, swa_window
+from nmt import checkpoints, fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.params import load, swa_window
 
 log = logging.getLogger("nmt.swa")
 

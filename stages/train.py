@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import logging
 
-from . import device as devices, paths
-from .batching import make_batches, padding_fraction
-from .errors import main_entry
-from .fsio import read_utf8_lines
-from .model import ModelConfig
-from .params import load
-from .schedules import check as check_schedule
-from .tokenizer import Tokenizers
-from .trainer import Trainer, fingerprint, publish
+from nmt import device as devices, paths
+from nmt.batching import make_batches, padding_fraction
+from nmt.errors import main_entry
+from nmt.fsio import read_utf8_lines
+from nmt.model import ModelConfig
+from nmt.params import load
+from nmt.schedules import check as check_schedule
+from nmt.tokenizer import Tokenizers
+from nmt.trainer import Trainer, fingerprint, publish
 
 log = logging.getLogger("nmt.train")
 

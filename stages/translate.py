@@ -15,12 +15,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, device as devices, fsio, paths
-from .errors import UserError, main_entry
-from .model import Seq2SeqTransformer
-from .params import Translate, load
-from .search import translate_ids
-from .tokenizer import Tokenizers
+from nmt import checkpoints, device as devices, fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.model import Seq2SeqTransformer
+from nmt.params import Translate, load
+from nmt.search import translate_ids
+from nmt.tokenizer import Tokenizers
 
 log = logging.getLogger("nmt.translate")
 SPLITS = ("val", "test")

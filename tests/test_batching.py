@@ -1,7 +1,7 @@
 """Token-count batching: every pair once, within budget, little padding, seeded order."""
 import random
 
-from stages.batching import collate, epoch_order, group_by_tokens, make_batches, padding_fraction
+from nmt.batching import collate, epoch_order, group_by_tokens, make_batches, padding_fraction
 
 
 def lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:

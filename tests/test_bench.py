@@ -1,8 +1,8 @@
 """The benchmark's pieces on a tiny model: FLOP counting, the plain baseline, decoding."""
 import torch
 
-from stages.bench import PlainTransformer, bench_decoding, model_flops
-from stages.model import ModelConfig, build
+from nmtlab.bench import PlainTransformer, bench_decoding, model_flops
+from nmt.model import ModelConfig, build
 
 
 class FakeTok:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import corpus
-from stages.errors import UserError
-from stages.params import CorpusFiles, Data
+import nmt.corpus as corpus
+from nmt.errors import UserError
+from nmt.params import CorpusFiles, Data
 
 
 def files_data(files: dict[str, Path], **overrides: object) -> Data:

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from stages import hypotheses
-from stages.errors import UserError
-from stages.params import from_dict
-from stages.schedules import check as check_schedule
+import nmtlab.hypotheses as hypotheses
+from nmt.errors import UserError
+from nmt.params import from_dict
+from nmt.schedules import check as check_schedule
 
 from . import e2e
 
@@ -102,7 +102,7 @@ def test_entries_are_faithful_to_the_report(catalogue):
 
 
 def test_the_real_catalogue_lists_and_renders_commands():
-    proc = subprocess.run([sys.executable, "-m", "stages.hypotheses", "commands"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "nmtlab.hypotheses", "commands"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -190,7 +190,7 @@ def repo(tmp_path) -> Path:
 def test_queue_refuses_uncommitted_params_with_one_line(repo):
     path = repo / "params.yaml"
     path.write_text(path.read_text().replace("activation: relu", "activation: gelu"))
-    proc = subprocess.run([sys.executable, "-m", "stages.hypotheses", "queue"], cwd=repo,
+    proc = subprocess.run([sys.executable, "-m", "nmtlab.hypotheses", "queue"], cwd=repo,
                           capture_output=True, text=True,
                           env={**e2e.env(), "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2
@@ -247,13 +247,13 @@ def test_every_catalogue_entry_runs_as_a_queued_experiment(tmp_path):
     catalogue = hypotheses.load(project / "hypotheses.yaml", project / "params.yaml")
 
     python = str(e2e.VENV_BIN / "python")
-    queued = e2e.run([python, "-m", "stages.hypotheses", "queue"], project)
+    queued = e2e.run([python, "-m", "nmtlab.hypotheses", "queue"], project)
     assert "warning" not in queued.stderr, queued.stderr
     # one experiment that fails (train refuses the warm-up): `start` must name it
     e2e.dvc("exp", "run", "--queue", "-n", "too-long-warm-up", "-S",
             "schedule.warmup_steps=100000", cwd=project)
     try:
-        ran = e2e.run([python, "-m", "stages.hypotheses", "start", "-j", "2", "--timeout", "900"],
+        ran = e2e.run([python, "-m", "nmtlab.hypotheses", "start", "-j", "2", "--timeout", "900"],
                       project, check=False)
     finally:
         e2e.dvc("queue", "stop", cwd=project, check=False)

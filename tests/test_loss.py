@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.loss import SmoothCE, linear_cross_entropy, smoothed_cross_entropy
+from nmt.loss import SmoothCE, linear_cross_entropy, smoothed_cross_entropy
 
 PAD = 1
 EPSILONS = [0.0, 0.05, 0.1, 0.2, 0.5]

@@ -4,7 +4,7 @@ import torch
 
 import torch.nn.functional as F
 
-from stages.model import ModelConfig, build, count_parameters, cpu_dropout, explicit_attention
+from nmt.model import ModelConfig, build, count_parameters, cpu_dropout, explicit_attention
 
 
 def tiny(**kw) -> ModelConfig:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.optim import build_optimizer, parameter_groups, phase_for_epoch
-from stages.params import Optim
+from nmt.optim import build_optimizer, parameter_groups, phase_for_epoch
+from nmt.params import Optim
 
 
 class Tiny(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.corpus import MIRROR_ENV, MULTI30K_SHA256
+from nmt.corpus import MIRROR_ENV, MULTI30K_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d nmt: ")

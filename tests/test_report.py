@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import report
+import nmtlab.report as report
 
 from . import e2e
 from .conftest import synthetic_pairs
@@ -146,7 +146,7 @@ def project(tmp_path_factory):
     # baseline too; the last one runs in the workspace (only translate and later rerun).
     e2e.dvc("exp", "run", "--temp", "-n", "budget", "-S", EXPERIMENTS["budget"], cwd=project)
     e2e.dvc("exp", "run", "-n", "beam1", "-S", EXPERIMENTS["beam1"], cwd=project)
-    e2e.run([sys.executable, "-m", "stages.report"], project)
+    e2e.run([sys.executable, "-m", "nmtlab.report"], project)
     return project
 
 
@@ -259,11 +259,12 @@ def test_budget_stop_still_gives_a_model_that_translates(project):
 @needs_mirror
 def test_report_says_what_is_missing_in_one_line(tmp_path):
     def run_report(cwd: Path) -> subprocess.CompletedProcess:
-        return e2e.run([sys.executable, "-m", "stages.report"], cwd, check=False)
+        return e2e.run([sys.executable, "-m", "nmtlab.report"], cwd, check=False)
 
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "stages").symlink_to(e2e.REPO / "stages")
+    for package in ("nmt", "nmtlab", "stages"):
+        (outside / package).symlink_to(e2e.REPO / package)
     proc = run_report(outside)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

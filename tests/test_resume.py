@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import checkpoints, params as P
-from stages.batching import collate
-from stages.model import ModelConfig
-from stages.trainer import Trainer
+import nmt.checkpoints as checkpoints
+from nmt import params as P
+from nmt.batching import collate
+from nmt.model import ModelConfig
+from nmt.trainer import Trainer
 
 from . import e2e
 

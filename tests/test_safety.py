@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import checkpoints
-from stages import params as P
-from stages.batching import collate
-from stages.errors import UserError
-from stages.model import ModelConfig
-from stages.trainer import NonFiniteLoss, Trainer
+import nmt.checkpoints as checkpoints
+from nmt import params as P
+from nmt.batching import collate
+from nmt.errors import UserError
+from nmt.model import ModelConfig
+from nmt.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d nmt[\w.]*: ")

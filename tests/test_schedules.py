@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from stages.errors import UserError
-from stages.optim import phase_for_epoch
-from stages.params import Optim, Schedule
-from stages.schedules import LearningRate, check
+from nmt.errors import UserError
+from nmt.optim import phase_for_epoch
+from nmt.params import Optim, Schedule
+from nmt.schedules import LearningRate, check
 
 PEAK = 1e-3
 TOTAL, PER_EPOCH = 1000, 100

@@ -1,4 +1,4 @@
-"""Tests of stages.search: exact equalities on a small, partly trained model, and a toy task
+"""Tests of nmt.search: exact equalities on a small, partly trained model, and a toy task
 learned well enough that greedy and beam search must both solve it."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from stages import search
-from stages.model import ModelConfig, Seq2SeqTransformer
+import nmt.search as search
+from nmt.model import ModelConfig, Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 2, 3
 FIRST_WORD = 4  # ids below are special

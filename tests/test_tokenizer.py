@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.errors import UserError
-from stages.params import Tokenizer
-from stages.tokenizer import Tokenizers, train_tokenizers
+from nmt.errors import UserError
+from nmt.params import Tokenizer
+from nmt.tokenizer import Tokenizers, train_tokenizers
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from stages import params as P
-from stages.batching import collate
-from stages.model import ModelConfig
-from stages.trainer import NonFiniteLoss, Trainer, fingerprint
+from nmt import params as P
+from nmt.batching import collate
+from nmt.model import ModelConfig
+from nmt.trainer import NonFiniteLoss, Trainer, fingerprint
 
 V = 30
 

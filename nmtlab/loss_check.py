@@ -1,6 +1,6 @@
 """The report's proof picture: SmoothCE equals torch's label-smoothed cross-entropy.
 
-    python -m stages.loss_check
+    python -m nmtlab.loss_check
 
 On one fixed random batch (seeded, with padding) it computes our loss and
 `torch.nn.CrossEntropyLoss(label_smoothing=ε, ignore_index=pad)` for ε from 0
@@ -16,9 +16,9 @@ import torch
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
 from torch import Tensor, nn
 
-from . import fsio
-from .errors import main_entry
-from .loss import SmoothCE
+from nmt import fsio
+from nmt.errors import main_entry
+from nmt.loss import SmoothCE
 
 OUTPUT = "reports/label_smoothing_check.png"
 EPSILONS = [i * 0.05 for i in range(11)]  # 0, 0.05, ..., 0.5

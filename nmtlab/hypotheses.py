@@ -1,10 +1,10 @@
 """The lab report's hypotheses as DVC experiments, from the catalogue hypotheses.yaml.
 
-    python -m stages.hypotheses list [--md]                the catalogue as a table
-    python -m stages.hypotheses commands [--queue] [NAMES]  each entry's `dvc exp run` line
-    python -m stages.hypotheses queue [--force] [NAMES]     queue all (or the named) entries
-    python -m stages.hypotheses start [-j N] [--timeout S]  `dvc queue start -j N`, then wait
-    python -m stages.hypotheses wait [--timeout S]          wait for a queue started by hand
+    python -m nmtlab.hypotheses list [--md]                the catalogue as a table
+    python -m nmtlab.hypotheses commands [--queue] [NAMES]  each entry's `dvc exp run` line
+    python -m nmtlab.hypotheses queue [--force] [NAMES]     queue all (or the named) entries
+    python -m nmtlab.hypotheses start [-j N] [--timeout S]  `dvc queue start -j N`, then wait
+    python -m nmtlab.hypotheses wait [--timeout S]          wait for a queue started by hand
 
 Each entry is one params diff against the committed params.yaml, run as
 `dvc exp run --queue -n NAME -S key=value ...`. Queued experiments start from
@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, main_entry
-from .params import from_dict
+from nmt.errors import UserError, main_entry
+from nmt.params import from_dict
 
 CATALOGUE = Path("hypotheses.yaml")
 PARAMS = Path("params.yaml")
@@ -320,7 +320,7 @@ def _last_line(text: str) -> str:
 
 @main_entry
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.hypotheses",
+    parser = argparse.ArgumentParser(prog="python -m nmtlab.hypotheses",
                                      description="The lab report's hypotheses as DVC experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="the catalogue as a table")

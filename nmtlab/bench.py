@@ -1,6 +1,6 @@
 """Benchmark: training and decoding speed on this machine, each against a plain baseline.
 
-`make bench` (python -m stages.bench) measures, in one run, on the same data
+`make bench` (python -m nmtlab.bench) measures, in one run, on the same data
 and thread count:
 - training: target tokens/s of this project's train step (token-count buckets,
   bf16 autocast where it helps, fused Adam) on real Multi30k batches at the
@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoints, device as devices, fsio, paths
-from .batching import collate, make_batches, padding_fraction
-from .errors import UserError, main_entry
-from .model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
-from .params import Params, load
-from .search import translate_ids
-from .tokenizer import Tokenizers
-from .trainer import Trainer
+from nmt import checkpoints, device as devices, fsio, paths
+from nmt.batching import collate, make_batches, padding_fraction
+from nmt.errors import UserError, main_entry
+from nmt.model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
+from nmt.params import Params, load
+from nmt.search import translate_ids
+from nmt.tokenizer import Tokenizers
+from nmt.trainer import Trainer
 
 log = logging.getLogger("nmt.bench")
 OUT = Path("reports") / "bench.json"

@@ -1,6 +1,6 @@
 """The hypothesis report: every experiment against its baseline, with paired significance.
 
-`python -m stages.report` (`make report`) lists the experiments with
+`python -m nmtlab.report` (`make report`) lists the experiments with
 `dvc exp show --json --all-commits`, reads what each one produced from DVC's
 cache at the experiment's commit (test translations, references, epoch and step
 logs: nothing is retrained or re-translated) and writes reports/experiments.md
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 from sacrebleu.significance import PairedTest
 
-from . import fsio, paths
-from .errors import UserError, main_entry
-from .metrics import bleu_metric
-from .params import from_dict, load
-from .plotting import line_plot
+from nmt import fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.scoring import bleu_metric
+from nmt.params import from_dict, load
+from nmt.plotting import line_plot
 
 log = logging.getLogger("nmt.report")
 
@@ -358,7 +358,7 @@ def render(groups: list[Group], rows: dict[str, list[Row]], figures: list[str],
         "# Experiments",
         "",
         f"Made {now} on `{platform.node()}` ({platform.machine()}, {os.cpu_count()} cores) by "
-        f"`python -m stages.report` from `dvc exp show --json --all-commits`: {n_exps} "
+        f"`python -m nmtlab.report` from `dvc exp show --json --all-commits`: {n_exps} "
         f"experiment(s) from {len(groups)} baseline commit(s). Numbers come from each run's "
         f"DVC metrics and cached outputs; nothing was recomputed but the significance tests.",
         "",

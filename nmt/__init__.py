@@ -1,0 +1,1 @@
+"""The NMT library: params schema, data, tokenizer, model, training, decoding, scoring."""

@@ -1,0 +1,1 @@
+"""Tools around the pipeline: report, hypotheses, bench, loss check, translate; one CLI (nmtlab)."""

@@ -1,0 +1,3 @@
+from nmtlab.cli import main
+
+main()

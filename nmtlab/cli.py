@@ -1,0 +1,41 @@
+"""One command for the tools: `nmtlab <tool> [args]` (or `python -m nmtlab <tool> [args]`).
+
+Each tool is also a module of its own (`python -m nmtlab.report`); this only
+dispatches to the module's main() with the remaining arguments.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# tool name -> (module, one line for the help)
+TOOLS = {
+    "report": ("nmtlab.report", "every experiment against its baseline, with significance"),
+    "hypotheses": ("nmtlab.hypotheses", "the hypothesis catalogue: list, queue, start, wait"),
+    "bench": ("nmtlab.bench", "training and decoding speed against plain baselines"),
+    "loss-check": ("nmtlab.loss_check", "SmoothCE against torch's CrossEntropyLoss, with a figure"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, TOOLS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in TOOLS.items())
+    return f"usage: nmtlab TOOL [ARGS]   (nmtlab TOOL --help for its own options)\n\ntools:\n{rows}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    name, rest = argv[0], argv[1:]
+    if name not in TOOLS:
+        print(f"error: unknown tool {name!r}\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(TOOLS[name][0])
+    sys.argv = [f"nmtlab {name}", *rest]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()
