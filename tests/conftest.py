@@ -42,10 +42,11 @@ def tiny_pairs() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> dict[str, Path]:
-    """A small de-en corpus (300 train, 40 val, 40 test pairs) under tmp_path/corpus;
-    keys as in params data.files (train_src, ..., test_tgt)."""
-    folder = tmp_path / "corpus"
-    folder.mkdir()
+    """A small de-en corpus (300 train, 40 val, 40 test pairs) under tmp_path/project/corpus
+    (data.files must lie in the project's corpus/ folder); keys as in params data.files
+    (train_src, ..., test_tgt)."""
+    folder = tmp_path / "project" / "corpus"
+    folder.mkdir(parents=True)
     files = {}
     for seed, (split, n) in enumerate((("train", 300), ("val", 40), ("test", 40))):
         pairs = synthetic_pairs(n, seed)
