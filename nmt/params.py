@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from .errors import UserError
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 SCHEDULES = ("constant", "exponential", "triangular", "inverse_sqrt", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+CORPUS_DIR = "corpus"  # a user's own corpus files (data.files) live here: prepare's DVC dep
 
 
 @dataclass
@@ -51,6 +53,12 @@ class Data:
             for name in ("train_src", "train_tgt", "val_src", "val_tgt", "test_src"):
                 if not getattr(self.files, name):
                     raise UserError(f"data.files.{name}: required when data.corpus is 'files'")
+            for name, value in dataclasses.asdict(self.files).items():
+                if value and not _under(value, CORPUS_DIR):
+                    # prepare's DVC dep is the corpus/ folder: a file elsewhere would be read
+                    # but never watched, so editing it would never rerun prepare.
+                    raise UserError(f"data.files.{name}: {value} is outside {CORPUS_DIR}/, the "
+                                    f"folder DVC watches; move the file into {CORPUS_DIR}/")
 
 
 @dataclass
@@ -68,6 +76,7 @@ class Tokenizer:
 @dataclass
 class Subsample:
     fraction: float = 0.1  # of the training pairs kept; 1.0 keeps all
+    seed: int = 1234  # the draw's own seed: a training-seed sweep keeps the same pairs
 
     def validate(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -274,12 +283,28 @@ def load(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise UserError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     params = from_dict(raw or {})
     params.validate()
     return params
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, path: Path, prefix: str = "") -> None:
+    """A key given twice in one mapping is an error: plain YAML silently keeps the last."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = set()
+    for key_node, value_node in node.value:
+        key = f"{prefix}{key_node.value}"
+        if key in seen:
+            raise UserError(f"{key}: given twice in {path} (again on line "
+                            f"{key_node.start_mark.line + 1}); keep one")
+        seen.add(key)
+        _refuse_duplicate_keys(value_node, path, key + ".")
 
 
 def from_dict(raw: dict[str, Any]) -> Params:
@@ -347,6 +372,12 @@ def _closest(key: str, names: set[str]) -> str | None:
 
     match = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether `path` (relative to the project root, or absolute) lies inside `folder`."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return rel != os.pardir and not rel.startswith(os.pardir + os.sep)
 
 
 def _positive(key: str, value: float) -> None:
