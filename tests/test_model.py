@@ -79,6 +79,22 @@ def test_cpu_dropout_drops_p_and_rescales_the_rest(p):
     assert torch.equal(x.grad, y.detach())  # the gradient passes exactly where y kept x
 
 
+def test_cpu_dropout_scales_bf16_by_the_exact_factor():
+    """Kept bf16 values are scaled by 1 / (1 - p) on average, forward and backward: each
+    product is rounded once (was: the scale itself rounded to bf16, 1.109375 for p 0.1)."""
+    torch.manual_seed(0)
+    p = 0.1
+    x = (torch.rand(200_000) + 1).bfloat16().requires_grad_()
+    y = cpu_dropout(x, p)
+    upstream = (torch.rand(200_000) + 1).bfloat16()
+    y.backward(upstream)
+    kept = y.detach() != 0
+    forward_scale = (y.detach()[kept].float() / x.detach()[kept].float()).mean().item()
+    backward_scale = (x.grad[kept].float() / upstream[kept].float()).mean().item()
+    assert forward_scale == pytest.approx(1 / (1 - p), abs=1e-4)
+    assert backward_scale == pytest.approx(1 / (1 - p), abs=1e-4)
+
+
 def test_cpu_dropout_follows_the_torch_seed():
     x = torch.ones(1000)
     torch.manual_seed(5)
