@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from nmt import device as devices, paths
+from nmt import device as devices, fsio, paths
 from nmt.batching import make_batches, padding_fraction
-from nmt.errors import main_entry
+from nmt.errors import UserError, main_entry
 from nmt.fsio import read_utf8_lines
 from nmt.model import ModelConfig
 from nmt.params import load
@@ -16,26 +16,53 @@ from nmt.trainer import Trainer, fingerprint, publish
 log = logging.getLogger("nmt.train")
 
 
-def encode_pairs(tok: Tokenizers, src_path, tgt_path, limit: int) -> tuple[list, list]:
-    """Encode a parallel file pair; cut each side to `limit` tokens (eos/bos takes one more)."""
-    src = [ids[:limit] for ids in tok.encode_src(read_utf8_lines(src_path))]
-    tgt = [ids[:limit] for ids in tok.encode_tgt(read_utf8_lines(tgt_path))]
-    return src, tgt
+def encode_pairs(tok: Tokenizers, src_path, tgt_path) -> tuple[list, list]:
+    """Encode a parallel file pair into token ids."""
+    return (tok.encode_src(read_utf8_lines(src_path)),
+            tok.encode_tgt(read_utf8_lines(tgt_path)))
+
+
+def too_long(src: list, tgt: list, limit: int) -> list[int]:
+    """Indices of the pairs with a side over `limit` tokens: the model's position table
+    (model.max_positions) holds `limit` tokens plus the eos/bos each side gets."""
+    return [i for i, (s, t) in enumerate(zip(src, tgt)) if max(len(s), len(t)) > limit]
+
+
+def fit_positions(train: tuple[list, list], val: tuple[list, list], val_path, limit: int
+                  ) -> tuple[list, list]:
+    """The training pairs that fit model.max_positions, the others dropped and counted.
+    A validation pair that does not fit is an error: the validation loss must cover the
+    whole validation set, or runs with different max_positions would not compare."""
+    if bad := too_long(*val, limit):
+        longest = max(max(len(val[0][i]), len(val[1][i])) for i in bad)
+        raise UserError(f"model.max_positions: {len(bad)} validation pairs in {val_path} are "
+                        f"longer than its {limit} tokens (+ eos), the longest {longest}; "
+                        f"raise it to at least {longest + 1}")
+    src, tgt = train
+    if not (bad := set(too_long(src, tgt, limit))):
+        return src, tgt
+    log.warning("%d of %d training pairs are longer than model.max_positions allows (%d tokens "
+                "+ eos): left out", len(bad), len(src), limit)
+    if len(bad) == len(src):
+        raise UserError(f"model.max_positions: every training pair is longer than {limit} "
+                        f"tokens (+ eos); raise it")
+    keep = [i for i in range(len(src)) if i not in bad]
+    return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
 @main_entry
 def main() -> None:
     params = load()
+    fsio.sweep_leftovers(paths.TRAIN)  # what a kill left: '.tmp-*' state and epoch files too
     devices.set_threads(params.train.num_threads)
     device = devices.pick(params.train.device)  # fail fast on cuda-without-CUDA
     tok = Tokenizers.load(paths.PREPARED)
     cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
                                   tok.shared, tok.pad_id)
-    limit = cfg.max_positions - 1
-    train_src, train_tgt = encode_pairs(tok, paths.SUBSAMPLED / "train.src",
-                                        paths.SUBSAMPLED / "train.tgt", limit)
-    val_src, val_tgt = encode_pairs(tok, paths.PREPARED / "val.src", paths.PREPARED / "val.tgt",
-                                    limit)
+    val_src, val_tgt = encode_pairs(tok, paths.PREPARED / "val.src", paths.PREPARED / "val.tgt")
+    train_src, train_tgt = fit_positions(
+        encode_pairs(tok, paths.SUBSAMPLED / "train.src", paths.SUBSAMPLED / "train.tgt"),
+        (val_src, val_tgt), paths.PREPARED / "val.src", cfg.max_positions - 1)
     special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
     train_batches = make_batches(train_src, train_tgt, params.train.batch_tokens,
                                  seed=params.seed, **special)
