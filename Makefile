@@ -2,6 +2,10 @@
 # Both create .venv and install the pinned requirements first.
 SHELL := /bin/bash
 VENV ?= .venv
+# The Python that creates the venv (3.11 is what is tested) and the torch build:
+# auto (CUDA when there is an NVIDIA driver), cpu or cuda. See scripts/install.py.
+PYTHON ?= python3
+TORCH ?= auto
 PY := $(VENV)/bin/python
 DVC := $(VENV)/bin/dvc
 JOBS ?= 1
@@ -15,29 +19,43 @@ endif
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup repro test test-fast report bench full hypotheses queue-hypotheses run-queue
+.PHONY: setup setup-test lock repro show test test-fast report bench full hypotheses \
+	queue-hypotheses run-queue loss-check
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml scripts/install.py
+	$(PYTHON) scripts/install.py --venv $(VENV) --torch $(TORCH)
 	@touch $@
+
+# setup plus the test-only packages (requirements-test.txt).
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements-test.txt
+	@touch $@
+
+# Maintainers: after changing requirements*.txt and installing, pin what is installed.
+lock: setup-test
+	$(PY) scripts/install.py --lock
 
 # The whole pipeline on the default params (the hypothesis-testing baseline).
 repro: setup
 	@[ -d .git ] || git init -q
 	PATH=$(abspath $(VENV))/bin:$$PATH $(DVC) repro
-	PATH=$(abspath $(VENV))/bin:$$PATH $(DVC) exp show --no-pager --md --only-changed 2>/dev/null || true
+	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab show 2>/dev/null || true
+
+# The experiments table: changed params, test BLEU/chrF, val loss, epochs, cost
+# (nmtlab show = dvc exp show with --drop/--keep). More options: make show SHOW_ARGS=--md
+show: setup
+	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab show $(SHOW_ARGS)
 
 # Unit tests and the end-to-end dvc tests.
-test: setup
+test: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q tests
 
 # Unit tests only (seconds).
-test-fast: setup
+test-fast: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not e2e" tests
 
 # The report's hypotheses (hypotheses.yaml), each one experiment from the baseline.
@@ -58,11 +76,16 @@ run-queue: setup
 	export PATH=$(abspath $(VENV))/bin:$$PATH \
 	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))}; \
 	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
-	$(DVC) queue status; $(DVC) exp show --no-pager --md --only-changed; exit $$status
+	$(DVC) queue status; $(VENV)/bin/nmtlab show; exit $$status
 
 # Every experiment against its baseline, with significance: reports/experiments.md + PNGs.
 report: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab report
+
+# SmoothCE against torch's CrossEntropyLoss over label smoothing 0..0.5, with the figure
+# reports/label_smoothing_check.png; fails if they differ by more than float32 rounding.
+loss-check: setup
+	$(VENV)/bin/nmtlab loss-check
 
 # Training and decoding speed against plain baselines: a table and reports/bench.json.
 bench: setup

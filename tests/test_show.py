@@ -1,0 +1,66 @@
+"""nmtlab show: the experiments table with the columns a researcher compares."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from nmtlab import show
+
+from . import e2e
+
+MAX_WIDTH = 160
+
+
+def shown(columns: list[str]) -> list[str]:
+    """The columns DVC keeps, applying --keep and --drop the way `dvc exp show` does."""
+    keep, drop = re.compile(show.keep_pattern()), re.compile(show.drop_pattern())
+    return [c for c in columns if keep.match(c) or not drop.match(c)]
+
+
+def test_patterns_keep_params_and_compared_metrics_and_drop_hashes_and_signatures():
+    columns = ["Experiment", "State", "seed", "model.d_model", "data.files.train_src",
+               "train.epochs", "epochs", "best_val_loss", "final_val_loss", "stopped_by",
+               "train_minutes", "tokens_per_s", "peak_memory_mb", "test.bleu", "test.chrf",
+               "data/train/metrics.json:epochs", "wall_seconds", "device", "cpu_hours", "val.bleu",
+               "test.bleu_signature", "test.sentences", "corpus", "data/prepared",
+               "nmt/model.py", "stages/train.py", "Created"]
+    assert shown(columns) == [
+        "Experiment", "State", "seed", "model.d_model", "data.files.train_src", "train.epochs",
+        "epochs", "best_val_loss", "final_val_loss", "stopped_by", "train_minutes",
+        "tokens_per_s", "peak_memory_mb", "test.bleu", "test.chrf",
+        "data/train/metrics.json:epochs"]
+
+
+def test_print_gives_the_dvc_command(capsys):
+    show.main(["--print", "--md"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("dvc exp show --no-pager --only-changed --drop '^(?!(seed|data|")
+    assert line.endswith(" --md")
+
+
+def md_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
+def test_table_after_the_default_run_fits_160_columns(tmp_path, monkeypatch):
+    # As `make repro` in a fresh clone: one dvc repro, nothing committed yet.
+    project = e2e.make_project(tmp_path / "proj")
+    e2e.dvc("repro", cwd=project)
+    monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the table to the terminal's width
+    table = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show"], project).stdout
+    width = max(map(len, table.splitlines()))
+    assert width <= MAX_WIDTH, f"{width} columns:\n{table}"
+    for column in show.COMPARED:
+        assert column in table, table
+
+    e2e.dvc("exp", "run", "-n", "beam1", "-S", "translate.beam_size=1", cwd=project)
+    md = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show", "--md"], project).stdout
+    rows = md_rows(md)
+    assert len(rows) == 5, md  # header, rule, workspace, main, beam1
+    assert len({row.count("|") for row in rows}) == 1, md
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert "translate.beam_size" in header and "model.d_model" not in header
+    assert not any("/" in cell for cell in header), "a dependency hash column is left"
