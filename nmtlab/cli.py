@@ -14,6 +14,7 @@ TOOLS = {
     "hypotheses": ("nmtlab.hypotheses", "the hypothesis catalogue: list, queue, start, wait"),
     "bench": ("nmtlab.bench", "training and decoding speed against plain baselines"),
     "loss-check": ("nmtlab.loss_check", "SmoothCE against torch's CrossEntropyLoss, with a figure"),
+    "export-ct2": ("nmtlab.ct2", "convert a trained model to CTranslate2 (float32 or int8)"),
     "show": ("nmtlab.show", "dvc exp show with the columns to compare (changed params, BLEU, cost)"),
 }
 

@@ -1,0 +1,244 @@
+"""CTranslate2: export a trained model, and translate with the exported model.
+
+`nmtlab export-ct2 [--model data/model/averaged.pt] --out DIR --quantization float32|int8`
+builds a CTranslate2 model through its specification API (`ctranslate2.specs`)
+from the weights as they are: fused q/k/v and k/v projections, pre- or
+post-norm, ReLU, GELU or SwiGLU, tied or separate embeddings, sinusoidal or
+learned positions (our own table is written, not CTranslate2's sinusoids,
+which differ). DIR gets model.bin, config.json, the vocabulary, the
+SentencePiece model(s) of data/prepared and export.json (where it came from),
+so `nmtlab translate --ct2 DIR` needs nothing else.
+
+`translate_ids` decodes like nmt.search: the same maximum length per sentence,
+the same beam, and the GNMT length penalty. CTranslate2 normalises scores by
+length ** alpha instead, so it is asked for (almost) raw scores and its k
+finished hypotheses, re-ranked here by log-probability over GNMT's penalty.
+Differences that remain: a hypothesis that reaches the length limit is cut
+there (our search forces an end token at the limit instead), and float
+rounding differs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmt import checkpoints, fsio, paths
+from nmt.errors import UserError, main_entry
+from nmt.model import ModelConfig, Seq2SeqTransformer, sinusoidal_table
+from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
+
+log = logging.getLogger("nmt.ct2")
+QUANTIZATIONS = ("float32", "int8")
+SINUSOID_ROWS = 1024  # positions written for sinusoidal models: sources and outputs up to 1023 tokens
+INFO = "export.json"
+RAW_SCORES = 1e-6  # CTranslate2 length_penalty: scores / length ** 1e-6
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _linear(spec, layer: torch.nn.Linear) -> None:
+    spec.weight = _np(layer.weight)  # (out, in), as CTranslate2 stores it
+    if layer.bias is not None:
+        spec.bias = _np(layer.bias)
+
+
+def _norm(spec, norm: torch.nn.LayerNorm) -> None:
+    spec.gamma = _np(norm.weight)
+    spec.beta = _np(norm.bias)
+
+
+def _ffn(spec, ffn, activation: str) -> None:
+    if activation == "swiglu":  # silu(gate(x)) * up(x): linear_0 is the activated branch
+        _linear(spec.linear_0, ffn.gate)
+        _linear(spec.linear_0_noact, ffn.up)
+    else:
+        _linear(spec.linear_0, ffn.up)
+    _linear(spec.linear_1, ffn.down)
+
+
+def _positions(embed, cfg: ModelConfig) -> np.ndarray:
+    if cfg.positional == "learned":
+        return _np(embed.positions.weight)
+    return _np(sinusoidal_table(max(SINUSOID_ROWS, cfg.max_positions), cfg.d_model))
+
+
+def position_rows(cfg: ModelConfig) -> int:
+    """Positions the exported model has: a source (with its end token) or an output can be
+    at most this long."""
+    return cfg.max_positions if cfg.positional == "learned" else max(SINUSOID_ROWS,
+                                                                    cfg.max_positions)
+
+
+def build_spec(model: Seq2SeqTransformer, src_vocab: list[str], tgt_vocab: list[str]):
+    """The CTranslate2 TransformerSpec of `model` (validated, not yet optimised)."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    cfg = model.cfg
+    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                  "swiglu": common_spec.Activation.SWISH}[cfg.activation]
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.num_encoder_layers, cfg.num_decoder_layers), cfg.nhead, pre_norm=cfg.norm_first,
+        activation=activation, ffn_glu=cfg.activation == "swiglu")
+    enc, dec = spec.encoder, spec.decoder
+    scale = float(model.src_embed.scale)  # sqrt(d_model)
+    enc.embeddings[0].weight = _np(model.src_embed.tokens.weight)
+    enc.scale_embeddings = scale
+    enc.position_encodings.encodings = _positions(model.src_embed, cfg)
+    for layer_spec, layer in zip(enc.layer, model.encoder):
+        _norm(layer_spec.self_attention.layer_norm, layer.self_attn.norm)
+        _linear(layer_spec.self_attention.linear[0], layer.self_attn.block.qkv_proj)  # [q;k;v]
+        _linear(layer_spec.self_attention.linear[1], layer.self_attn.block.out_proj)
+        _norm(layer_spec.ffn.layer_norm, layer.ffn.norm)
+        _ffn(layer_spec.ffn, layer.ffn.block, cfg.activation)
+    dec.embeddings.weight = _np(model.tgt_embed.tokens.weight)
+    dec.scale_embeddings = scale
+    dec.position_encodings.encodings = _positions(model.tgt_embed, cfg)
+    for layer_spec, layer in zip(dec.layer, model.decoder):
+        _norm(layer_spec.self_attention.layer_norm, layer.self_attn.norm)
+        _linear(layer_spec.self_attention.linear[0], layer.self_attn.block.qkv_proj)
+        _linear(layer_spec.self_attention.linear[1], layer.self_attn.block.out_proj)
+        cross = layer.cross_attn.block
+        _norm(layer_spec.attention.layer_norm, layer.cross_attn.norm)
+        _linear(layer_spec.attention.linear[0], cross.q_proj)
+        _linear(layer_spec.attention.linear[1], cross.kv_proj)  # [k;v]
+        _linear(layer_spec.attention.linear[2], cross.out_proj)
+        _norm(layer_spec.ffn.layer_norm, layer.ffn.norm)
+        _ffn(layer_spec.ffn, layer.ffn.block, cfg.activation)
+    if cfg.norm_first:  # post-norm stacks have no final norm (and the spec none either)
+        _norm(enc.layer_norm, model.enc_norm)
+        _norm(dec.layer_norm, model.dec_norm)
+    dec.projection.weight = _np(model.out_proj.weight)
+    spec.register_source_vocabulary(src_vocab)
+    spec.register_target_vocabulary(tgt_vocab)
+    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = tgt_vocab[1:4]
+    spec.config.decoder_start_token = tgt_vocab[2]
+    spec.config.add_source_bos = False
+    spec.config.add_source_eos = True  # as nmt.search appends eos to each source
+    spec.config.layer_norm_epsilon = model.encoder[0].self_attn.norm.eps
+    spec.validate()
+    return spec
+
+
+def pieces(sp) -> list[str]:
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+def export(model_path: Path, prepared: Path, out: Path, quantization: str) -> None:
+    """Write the CTranslate2 model of `model_path` (with the tokenizer of `prepared`) to `out`."""
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"--quantization: choose one of {', '.join(QUANTIZATIONS)}")
+    model, info = checkpoints.load_model(model_path)
+    tok = Tokenizers.load(prepared)
+    if (model.cfg.src_vocab_size, model.cfg.tgt_vocab_size) != (tok.src_vocab_size,
+                                                                tok.tgt_vocab_size):
+        raise UserError(f"{model_path}: made for other vocabularies than those in {prepared}")
+    spec = build_spec(model, pieces(tok.src), pieces(tok.tgt))
+    spec.optimize(quantization=quantization)
+    with fsio.atomic_dir(out) as tmp:
+        spec.save(str(tmp))
+        for name in (SHARED_MODEL, SRC_MODEL, TGT_MODEL):
+            for suffix in (".model", ".vocab"):
+                f = prepared / Path(name).with_suffix(suffix).name
+                if f.is_file():
+                    shutil.copy(f, tmp / f.name)
+        fsio.write_json(tmp / INFO, {
+            "model": str(model_path), "model_sha256": checkpoints.sha256_file(model_path),
+            "model_info": info, "quantization": quantization,
+            "position_rows": position_rows(model.cfg)})
+    log.info("wrote %s (%s, %.1f MB)", out, quantization,
+             sum(f.stat().st_size for f in out.iterdir()) / 1e6)
+
+
+class Ct2Model:
+    """An exported model loaded for translation, with its tokenizer."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
+        import ctranslate2
+
+        path = Path(path)
+        if not (path / "model.bin").is_file() or not (path / INFO).is_file():
+            raise UserError(f"{path}: not a CTranslate2 export of this project "
+                            f"(no model.bin and {INFO}); run `nmtlab export-ct2 --out {path}`")
+        meta = json.loads((path / INFO).read_text())
+        self.quantization = meta["quantization"]
+        self.max_tokens = meta["position_rows"] - 1  # the end token takes a position
+        compute = "int8" if self.quantization == "int8" else "float32"
+        self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute,
+                                                 intra_threads=threads)
+        self.tok = Tokenizers.load(path)
+        self.src_pieces = pieces(self.tok.src)
+        self.tgt_ids = {p: i for i, p in enumerate(pieces(self.tok.tgt))}
+
+    def translate_ids(self, src_batch: list[list[int]], **settings) -> list[list[int]]:
+        """Source ids (no eos) -> target ids (no bos/eos); settings as `translate_ids`."""
+        return translate_ids(self.translator, src_batch, self.src_pieces, self.tgt_ids,
+                             max_tokens=self.max_tokens, **settings)
+
+
+def translate_ids(translator, src_batch: list[list[int]], src_pieces: list[str],
+                  tgt_ids: dict[str, int], *, beam_size: int, length_penalty: float,
+                  max_len_a: float, max_len_b: int, max_tokens: int,
+                  batch_sentences: int = 128) -> list[list[int]]:
+    """Source ids (no eos) -> target ids (no bos/eos), as nmt.search.translate_ids does.
+
+    src_pieces: source id -> token string; tgt_ids: target token string -> id;
+    max_tokens: the longest source or output the exported positions cover.
+    """
+    by_limit: dict[int, list[int]] = {}
+    for i, ids in enumerate(src_batch):
+        limit = min(int(max_len_a * len(ids) + max_len_b), max_tokens - 1)
+        by_limit.setdefault(limit, []).append(i)
+    out: list[list[int]] = [[] for _ in src_batch]
+    for limit, rows in by_limit.items():
+        results = translator.translate_batch(
+            [[src_pieces[t] for t in src_batch[i][:max_tokens - 1]] for i in rows],
+            beam_size=beam_size, num_hypotheses=beam_size, return_scores=True,
+            # Scores stay raw log-probabilities (re-ranked below); 0 itself would let
+            # CTranslate2 stop once its best beam ends, before k hypotheses have closed.
+            length_penalty=RAW_SCORES,
+            # One step more than `limit` tokens: that step is where our search ends
+            # the sentence; CTranslate2 stops there, with or without an end token.
+            max_decoding_length=limit + 1, min_decoding_length=0, max_input_length=0,
+            max_batch_size=batch_sentences)
+        for i, result in zip(rows, results):
+            best = _best(result.hypotheses, result.scores, length_penalty, limit)
+            out[i] = [tgt_ids[p] for p in best[:limit]]
+    return out
+
+
+def _best(hyps: list[list[str]], scores: list[float], alpha: float, limit: int) -> list[str]:
+    """The hypothesis with the best GNMT score. CTranslate2's score is the log-probability
+    divided by L ** RAW_SCORES, L counting the end token (absent when cut at the limit)."""
+    def gnmt(hyp: list[str], score: float) -> float:
+        length = len(hyp) + (len(hyp) <= limit)
+        return score * length ** RAW_SCORES / ((5 + length) / 6) ** alpha
+    return max(zip(hyps, scores), key=lambda h: gnmt(*h))[0]
+
+
+@main_entry
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        prog="nmtlab export-ct2",
+        description="Convert a trained model to a CTranslate2 model (for `nmtlab translate "
+                    "--ct2` and `make bench`).")
+    ap.add_argument("--model", type=Path, default=paths.MODEL / "averaged.pt",
+                    help="model file this project wrote (default: %(default)s)")
+    ap.add_argument("--prepared", type=Path, default=paths.PREPARED,
+                    help="folder with the SentencePiece model(s) (default: %(default)s)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (replaced whole)")
+    ap.add_argument("--quantization", choices=QUANTIZATIONS, default="float32")
+    args = ap.parse_args()
+    export(args.model, args.prepared, args.out, args.quantization)
+
+
+if __name__ == "__main__":
+    main()

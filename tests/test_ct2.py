@@ -1,0 +1,107 @@
+"""Tests of nmtlab.ct2: the CTranslate2 model computes what the PyTorch model computes
+(teacher-forced log-probs) for every architecture option, and decodes like nmt.search."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nmt.search as search
+from nmtlab import ct2
+from tests.test_search import BOS, EOS, VOCAB, pad, sentences, small_model, train
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(4, VOCAB)]
+TGT_IDS = {p: i for i, p in enumerate(PIECES)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def to_ct2(model, tmp_path, quantization: str = "float32"):
+    spec = ct2.build_spec(model, PIECES, PIECES)
+    spec.optimize(quantization=quantization)
+    out = tmp_path / quantization
+    out.mkdir()
+    spec.save(str(out))
+    return ctranslate2.Translator(str(out), device="cpu",
+                                  compute_type="int8" if quantization == "int8" else "float32",
+                                  intra_threads=1)
+
+
+def decode(translator, model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
+    return ct2.translate_ids(translator, src, PIECES, TGT_IDS, beam_size=beam_size,
+                             length_penalty=alpha, max_len_a=1.5, max_len_b=b,
+                             max_tokens=ct2.position_rows(model.cfg) - 1)
+
+
+def reference(model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
+    return search.translate_ids(model, src, beam_size=beam_size, length_penalty=alpha,
+                                max_len_a=1.5, max_len_b=b, bos=BOS, eos=EOS, pad=0,
+                                device="cpu")
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    """60 steps into learning to copy (as in test_search): hypotheses end at many lengths."""
+    rng = random.Random(0)
+    return train(small_model(), lambda: [(s, s) for s in sentences(32, seed=rng.random())],
+                 steps=60, lr=3e-3)
+
+
+@pytest.mark.parametrize("config", [
+    {},
+    {"norm_first": False},
+    {"activation": "gelu"},
+    {"activation": "swiglu"},
+    {"tie_embeddings": False},
+    {"share_vocab": False, "tie_embeddings": False},
+    {"positional": "learned", "max_positions": 64},
+])
+def test_log_probs_match_the_pytorch_model(config, tmp_path):
+    model = small_model(seed=1, **config).eval()
+    with torch.no_grad():  # post-norm and learned positions start as identity/zero-ish:
+        for p in model.parameters():  # perturb every weight so each mapping is exercised
+            p.add_(0.05 * torch.randn_like(p))
+    translator = to_ct2(model, tmp_path)
+    src = sentences(6, seed=3)
+    tgt = sentences(6, seed=4)
+    with torch.no_grad():
+        logits = model(pad([s + [EOS] for s in src]), pad([[BOS] + t for t in tgt]))
+        want = F.log_softmax(logits.float(), -1)
+    got = translator.score_batch([[PIECES[i] for i in s] for s in src],
+                                 [[PIECES[i] for i in t] for t in tgt])
+    for row, (t, result) in enumerate(zip(tgt, got)):
+        ref = want[row, torch.arange(len(t) + 1), torch.tensor(t + [EOS])]
+        assert torch.allclose(torch.tensor(result.log_probs), ref, atol=1e-4), config
+
+
+def test_greedy_output_equals_nmt_search_even_at_the_length_limit(copy_model, tmp_path):
+    translator = to_ct2(copy_model, tmp_path)
+    src = sentences(60, seed=5)
+    for b in (5, 1):  # b=1: most outputs run into the limit
+        assert decode(translator, copy_model, src, 1, b=b) == reference(copy_model, src, 1, b=b)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_beam_output_equals_nmt_search(copy_model, tmp_path, alpha):
+    translator = to_ct2(copy_model, tmp_path)
+    src = sentences(100, seed=6)
+    got, want = decode(translator, copy_model, src, 4, alpha), reference(copy_model, src, 4, alpha)
+    same = sum(g == w for g, w in zip(got, want))
+    assert same >= 0.97 * len(src), f"{same}/{len(src)} equal"
+
+
+def test_int8_translates_close_to_float32(copy_model, tmp_path):
+    float32, int8 = to_ct2(copy_model, tmp_path), to_ct2(copy_model, tmp_path, "int8")
+    src = sentences(60, seed=7)
+    a, b = decode(float32, copy_model, src, 4), decode(int8, copy_model, src, 4)
+    assert all(0 <= t < VOCAB for hyp in b for t in hyp)
+    assert sum(x == y for x, y in zip(a, b)) >= 0.5 * len(src)
