@@ -13,5 +13,6 @@ TRAIN_METRICS = TRAIN / "metrics.json"
 MODEL = DATA / "model"  # swa-average: averaged.pt, info.json
 TRANSLATIONS = DATA / "translations"  # translate: {val,test}.hyp
 BLEU_METRICS = DATA / "bleu" / "metrics.json"
+BLEU_SIGNATURES = DATA / "bleu" / "signatures.json"  # bleu: sacreBLEU signatures per split
 FIGURES = Path("reports") / "figures"  # plots: PNGs
 SPLITS = ("train", "val", "test")

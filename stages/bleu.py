@@ -1,4 +1,8 @@
-"""Stage bleu: sacreBLEU corpus BLEU and chrF of the translations, as DVC metrics."""
+"""Stage bleu: sacreBLEU corpus BLEU and chrF of the translations, as DVC metrics.
+
+The sacreBLEU signatures go to their own file (data/bleu/signatures.json): inside the
+metrics, their `|` would break `dvc exp show --md` tables.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,7 +18,9 @@ log = logging.getLogger("nmt.bleu")
 @main_entry
 def main() -> None:
     params = load()
+    fsio.sweep_leftovers(paths.BLEU_METRICS, paths.BLEU_SIGNATURES)
     result: dict = {}
+    signatures: dict = {}
     for split in ("val", "test"):
         hyps = fsio.read_utf8_lines(paths.TRANSLATIONS / f"{split}.hyp")
         ref_path = paths.PREPARED / f"{split}.tgt"
@@ -27,8 +33,11 @@ def main() -> None:
             raise UserError(f"{paths.TRANSLATIONS / f'{split}.hyp'}: {len(hyps)} lines, but the "
                             f"reference {ref_path} has {len(refs)}")
         result[split] = score(hyps, refs, params.bleu.tokenize, params.bleu.lowercase)
+        signatures[split] = {metric: result[split].pop(f"{metric}_signature")
+                             for metric in ("bleu", "chrf")}
         log.info("%s: BLEU %.2f, chrF %.2f (%s)", split, result[split]["bleu"],
-                 result[split]["chrf"], result[split]["bleu_signature"])
+                 result[split]["chrf"], signatures[split]["bleu"])
+    fsio.write_json(paths.BLEU_SIGNATURES, signatures)
     fsio.write_json(paths.BLEU_METRICS, result)
 
 
