@@ -23,24 +23,25 @@ def draw(n: int, fraction: float, seed: int) -> list[int]:
 @errors.main_entry
 def main() -> None:
     p = params.load()
+    fsio.sweep_leftovers(paths.SUBSAMPLED)
     src = fsio.read_utf8_lines(paths.PREPARED / "train.src", "prepared training text")
     tgt = fsio.read_utf8_lines(paths.PREPARED / "train.tgt", "prepared training text")
     if not src or len(src) != len(tgt):
         raise UserError(
             f"{paths.PREPARED}: train.src ({len(src)} lines) and train.tgt ({len(tgt)} lines) "
             "are empty or not aligned; run the prepare stage again")
-    kept = draw(len(src), p.subsample.fraction, p.seed)
+    kept = draw(len(src), p.subsample.fraction, p.subsample.seed)
     with fsio.atomic_dir(paths.SUBSAMPLED) as out:
         fsio.write_lines(out / "train.src", [src[i] for i in kept])
         fsio.write_lines(out / "train.tgt", [tgt[i] for i in kept])
         fsio.write_json(out / "stats.json", {
             "fraction": p.subsample.fraction,
-            "seed": p.seed,
+            "seed": p.subsample.seed,
             "pairs_in": len(src),
             "pairs_kept": len(kept),
         })
     log.info("kept %d of %d training pairs (fraction %g, seed %d) in %s",
-             len(kept), len(src), p.subsample.fraction, p.seed, paths.SUBSAMPLED)
+             len(kept), len(src), p.subsample.fraction, p.subsample.seed, paths.SUBSAMPLED)
 
 
 if __name__ == "__main__":
