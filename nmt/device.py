@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -63,13 +64,18 @@ def describe(device: torch.device) -> str:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak reserved by the caching allocator (what other processes cannot use;
-    the CUDA context adds about 0.5 GB); CPU: the process's peak resident set size."""
+    """CUDA: the peak memory allocated to tensors (the caching allocator reserves somewhat
+    more, and the CUDA context adds about 0.5 GB); CPU: the process's peak resident set size."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_reserved(device) / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def max_rss_mb(ru_maxrss: int, platform: str = sys.platform) -> float:
+    """getrusage's ru_maxrss in MB: macOS counts bytes, Linux and the BSDs KiB."""
+    return ru_maxrss / 2**20 if platform == "darwin" else ru_maxrss / 1024
 
 
 def cpu_count() -> int:
