@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from . import checkpoints, device as devices, fsio
@@ -77,15 +78,28 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def fingerprint(params: Params, data_files: list[Path]) -> str:
-    """Hash of everything that shapes the trained weights; resume needs an exact match."""
+def fingerprint(params: Params, data_files: list[Path], code_files: list[Path]) -> str:
+    """Hash of everything that shapes the trained weights: params, data, the code that
+    trains and the torch version. Resume needs an exact match, so a finished state is
+    never republished after an edit to the training code."""
     train = dataclasses.asdict(params.train)
     for key in ("budget_minutes", "save_every_steps", "keep_checkpoints"):
         train.pop(key)  # how long/often we save, not what we compute
     blob = {"seed": params.seed, "model": params.group("model"), "loss": params.group("loss"),
             "optim": params.group("optim"), "schedule": params.group("schedule"), "train": train,
-            "data": [checkpoints.sha256_file(p) for p in data_files]}
+            "data": [fsio.sha256_file(p) for p in data_files],
+            "code": {str(p): fsio.sha256_file(p) for p in code_files},
+            "torch": torch.__version__}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def stage_code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[Path]:
+    """The Python files dvc.yaml lists as `stage`'s deps: the code DVC reruns it for."""
+    try:
+        deps = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"][stage]["deps"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise UserError(f"{dvc_yaml}: cannot read the {stage} stage's deps ({e})") from None
+    return [Path(d) for d in deps if str(d).endswith(".py")]
 
 
 class Trainer:
@@ -128,17 +142,23 @@ class Trainer:
             except UserError as e:
                 log.warning("%s; trying an older state", e)
                 continue
-            if state.get("progress", {}).get("fingerprint") != self.progress.fingerprint:
+            progress = state.get("progress") if isinstance(state, dict) else None
+            if not isinstance(progress, dict) or progress.get("fingerprint") != self.progress.fingerprint:
                 log.info("saved training state in %s was made with other params or data: "
                          "starting fresh", self.state_dir)
                 shutil.rmtree(self.state_dir, ignore_errors=True)
                 return
-            self.progress = Progress(**state["progress"])
-            self.model.load_state_dict(state["model"])
-            self.optimizer = build_optimizer(self.p.optim, self.model, self.progress.phase)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.lr.load_state_dict(state["schedule"])
-            restore_rng(state["rng"])
+            try:
+                self.progress = Progress(**progress)
+                self.model.load_state_dict(state["model"])
+                self.optimizer = build_optimizer(self.p.optim, self.model, self.progress.phase)
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.lr.load_state_dict(state["schedule"])
+                restore_rng(state["rng"])
+            except (TypeError, KeyError, ValueError, RuntimeError, AttributeError) as e:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
+                raise UserError(f"{path}: a training state this code cannot restore ({reason}); "
+                                f"delete {self.state_dir} to start fresh") from None
             log.info("resuming from %s: epoch %d, batch %d, step %d", path,
                      self.progress.epoch, self.progress.batch_pos, self.progress.step)
             return
@@ -148,12 +168,7 @@ class Trainer:
     def save_state(self) -> None:
         path = self.state_dir / STATE_FILE
         if path.exists():  # keep the last good state until the new one is whole
-            # Sidecar first: a kill between the two moves leaves state.pt loadable (a file
-            # without a sidecar loads unchecked), never a file beside another's checksum.
-            for suffix in (".sha256", ""):
-                src = path.with_name(path.name + suffix)
-                if src.exists():
-                    src.replace(self.state_dir / (PREV_STATE_FILE + suffix))
+            path.replace(self.state_dir / PREV_STATE_FILE)
         checkpoints.save(path, {
             "progress": dataclasses.asdict(self.progress),
             "model": self.model.state_dict(),
@@ -164,12 +179,11 @@ class Trainer:
 
     def _save_epoch_weights(self, epoch: int) -> None:
         epoch_dir = self.state_dir / EPOCH_DIR
-        checkpoints.save_model(epoch_dir / f"epoch_{epoch:03d}.pt", self.cfg,
+        checkpoints.save_model(checkpoints.epoch_path(epoch_dir, epoch), self.cfg,
                                self.model.state_dict(), {"epoch": epoch})
         kept = [e for e in self.progress.kept_epochs if e != epoch] + [epoch]
         for old in kept[:-self.p.train.keep_checkpoints]:
-            for suffix in ("", ".sha256"):
-                (epoch_dir / f"epoch_{old:03d}.pt{suffix}").unlink(missing_ok=True)
+            checkpoints.remove_epoch(epoch_dir, old)
         self.progress.kept_epochs = kept[-self.p.train.keep_checkpoints:]
 
     # ---- the loop ------------------------------------------------------------------------
@@ -347,12 +361,8 @@ def publish(trainer: Trainer, checkpoints_dir: Path, log_dir: Path,
             metrics_path: Path) -> dict[str, Any]:
     """Write the stage's outputs from the final state: kept weights, logs, metrics."""
     pr = trainer.progress
-    epoch_dir = trainer.state_dir / EPOCH_DIR
     with fsio.atomic_dir(checkpoints_dir) as tmp:
-        for e in pr.kept_epochs:
-            for suffix in ("", ".sha256"):
-                name = f"epoch_{e:03d}.pt{suffix}"
-                shutil.copyfile(epoch_dir / name, tmp / name)
+        checkpoints.copy_epochs(trainer.state_dir / EPOCH_DIR, tmp, pr.kept_epochs)
     write_logs(pr, log_dir)
     dev = trainer.device
     hours = pr.wall_seconds / 3600

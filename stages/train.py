@@ -11,7 +11,7 @@ from nmt.model import ModelConfig
 from nmt.params import load
 from nmt.schedules import check as check_schedule
 from nmt.tokenizer import Tokenizers
-from nmt.trainer import Trainer, fingerprint, publish
+from nmt.trainer import Trainer, fingerprint, publish, stage_code_files
 
 log = logging.getLogger("nmt.train")
 
@@ -77,7 +77,7 @@ def main() -> None:
                   paths.PREPARED / "val.src", paths.PREPARED / "val.tgt",
                   *sorted(paths.PREPARED.glob("spm*.model"))]
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
-                      fingerprint(params, data_files))
+                      fingerprint(params, data_files, stage_code_files("train")))
     trainer.run()
     metrics = publish(trainer, paths.CHECKPOINTS, paths.TRAIN_LOG, paths.TRAIN_METRICS)
     log.info("done: %d epochs (%s), best val loss %.4f at epoch %d, %.1f minutes, "

@@ -1,14 +1,18 @@
 """The training loop: accumulation equivalence, budget stop, non-finite loss, resume state."""
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nmt import params as P
 from nmt.batching import collate
 from nmt.model import ModelConfig
-from nmt.trainer import NonFiniteLoss, Trainer, fingerprint
+from nmt.trainer import NonFiniteLoss, Trainer, fingerprint, stage_code_files
+
+REPO = Path(__file__).resolve().parents[1]
 
 V = 30
 
@@ -103,14 +107,29 @@ def test_early_stopping(tmp_path):
         assert progress.bad_epochs == 1 and len(progress.epoch_rows) < 6
 
 
-def test_fingerprint_ignores_budget_but_not_model(tmp_path):
-    f = tmp_path / "data.txt"
+def test_fingerprint_ignores_budget_but_not_model_data_code_or_torch(tmp_path, monkeypatch):
+    f, code = tmp_path / "data.txt", tmp_path / "model.py"
     f.write_text("x")
-    base = fingerprint(make_params(), [f])
-    assert fingerprint(make_params(train={"budget_minutes": 5.0}), [f]) == base
-    assert fingerprint(make_params(model={"activation": "gelu"}), [f]) != base
+    code.write_text("SCALE = 1\n")
+    base = fingerprint(make_params(), [f], [code])
+    assert fingerprint(make_params(train={"budget_minutes": 5.0}), [f], [code]) == base
+    assert fingerprint(make_params(model={"activation": "gelu"}), [f], [code]) != base
+    code.write_text("SCALE = 2\n")
+    assert fingerprint(make_params(), [f], [code]) != base
+    code.write_text("SCALE = 1\n")
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert fingerprint(make_params(), [f], [code]) != base
+    monkeypatch.undo()
     f.write_text("y")
-    assert fingerprint(make_params(), [f]) != base
+    assert fingerprint(make_params(), [f], [code]) != base
+
+
+def test_stage_code_files_are_the_train_stage_python_deps_in_dvc_yaml():
+    files = stage_code_files("train", REPO / "dvc.yaml")
+    assert Path("stages/train.py") in files and Path("nmt/trainer.py") in files
+    assert all(f.suffix == ".py" and (REPO / f).is_file() for f in files)
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    assert {str(f) for f in files} == {d for d in deps if d.endswith(".py")}
 
 
 def test_raising_the_budget_continues_a_stopped_run(tmp_path):
