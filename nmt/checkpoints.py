@@ -1,18 +1,29 @@
-"""Saving and loading weights: atomic, self-describing, never unpickling code.
+"""Saving and loading weights: atomic, self-checking, never unpickling code.
 
-A model file is a plain dict {"format", "config", "state_dict", "info"} saved
-with torch.save and read back with `weights_only=True`, so a file carrying a
-pickled object that would run code is refused. Each file gets a `.sha256`
-sidecar written after it; a file whose bytes do not match is reported as
-corrupt instead of silently loading garbage.
+A checkpoint file is one header line followed by the bytes of torch.save:
+
+    NMT-CHECKPOINT 1 sha256=<hex of the payload> bytes=<payload length>\\n
+
+so the checksum travels inside the file and one atomic rename publishes both.
+Loading reads the whole file and checks the header, the length and the sha256
+before torch.load sees a byte; a truncated, bit-flipped or foreign file is a
+one-line UserError, never a traceback and never a silent load. The payload is
+read back with `weights_only=True`, so a file carrying a pickled object that
+would run code is refused even when its checksum matches.
+
+A model file's payload is a plain dict {"format", "config", "state_dict",
+"info"}; its config and tensor shapes are checked against this code's model
+before use. The checkpoint folder layout (epoch_NNN.pt) lives here too.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,60 +35,81 @@ from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer
 
 FORMAT = "nmt-model-v1"
+MAGIC = b"NMT-CHECKPOINT 1 "
+_HEADER = re.compile(rb"NMT-CHECKPOINT 1 sha256=([0-9a-f]{64}) bytes=(\d{1,15})\n")
+_HEADER_MAX = 128  # the header line's length bound: a damaged one is not searched further
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# ---- the file format ------------------------------------------------------------------------
+
+def frame(payload: bytes) -> bytes:
+    """The checkpoint file's bytes for a torch.save payload: header line + payload."""
+    digest = hashlib.sha256(payload).hexdigest()
+    return MAGIC + f"sha256={digest} bytes={len(payload)}\n".encode() + payload
 
 
 def save(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    """torch.save atomically, then write the checksum sidecar."""
-    path = Path(path)
-    # Through a Python file: a failed write (full disk) is then an OSError naming the
-    # file, not torch's RuntimeError from its own C++ writer.
-    with fsio.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-    fsio.write_text(path.with_name(path.name + ".sha256"), sha256_file(path) + "\n")
+    """torch.save `obj` with its checksum header, atomically: one file, one rename."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with fsio.atomic_path(path) as tmp:
+        tmp.write_bytes(frame(buffer.getvalue()))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load with weights_only=True after checking size and checksum."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True, after checking the header, length and sha256."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: checkpoint is empty (truncated write?)")
-    sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file():
-        want = sidecar.read_text().strip()
-        got = sha256_file(path)
-        if want != got:
-            raise UserError(f"{path}: checkpoint is corrupt (sha256 {got[:12]}…, expected {want[:12]}…)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
+    payload = _verified_payload(path, data)
     try:
         with warnings.catch_warnings():  # torch's note on the pickle protocol is not for users
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused to load: it holds a pickled object other than "
-                        f"weights ({_refused(e)}), which could run code; load only "
-                        f"checkpoints this project wrote") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise UserError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
+        if code := re.search(r"GLOBAL ([\w.]+)", str(e)):
+            raise UserError(f"{path}: refused to load: it holds a pickled object other than "
+                            f"weights (global {code[1]}), which could run code; load only "
+                            f"checkpoints this project wrote") from None
+        what = m[0].strip() if (m := re.search(r"Unsupported [^\n.]+", str(e))) else "?"
+        raise UserError(f"{path}: refused to load: its payload is not weights in torch's "
+                        f"format ({what}); load only checkpoints this project wrote") from None
+    except Exception as e:  # noqa: BLE001 - any failure of torch's reader is an unreadable file
+        raise UserError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
 
 
-def _refused(e: pickle.UnpicklingError) -> str:
-    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
-    text = str(e)
-    if m := re.search(r"GLOBAL ([\w.]+)", text):
-        return f"global {m.group(1)}"
-    if m := re.search(r"Unsupported [^\n.]+", text):
-        return m.group(0).strip()
-    return "unsupported content"
+def _verified_payload(path: Path, data: bytes) -> bytes:
+    if not data:
+        raise UserError(f"{path}: checkpoint is empty (truncated write?)")
+    header = _HEADER.match(data[:_HEADER_MAX])
+    if header is None:
+        if MAGIC.startswith(data[:len(MAGIC)]):
+            raise UserError(f"{path}: checkpoint is corrupt (its header line is damaged or cut off)")
+        raise UserError(f"{path}: not a checkpoint of this project (no '{MAGIC.decode().strip()}' "
+                        f"header: another program's file, or from an older version)")
+    payload = data[header.end():]
+    want_size = int(header[2])
+    if len(payload) != want_size:
+        how = "truncated" if len(payload) < want_size else "longer than written"
+        raise UserError(f"{path}: checkpoint is corrupt ({how}: {len(payload)} bytes after the "
+                        f"header, {want_size} expected)")
+    want, got = header[1].decode(), hashlib.sha256(payload).hexdigest()
+    if got != want:
+        raise UserError(f"{path}: checkpoint is corrupt (sha256 {got[:12]}…, expected {want[:12]}…)")
+    return payload
 
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]
+
+
+# ---- model files -----------------------------------------------------------------------------
 
 def save_model(path: str | os.PathLike, cfg: ModelConfig, state_dict: dict[str, torch.Tensor],
                info: dict[str, Any] | None = None) -> None:
@@ -87,10 +119,17 @@ def save_model(path: str | os.PathLike, cfg: ModelConfig, state_dict: dict[str, 
 
 
 def load_model_file(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, weights, info) of a model file, checked to fit this code's model."""
     obj = load(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError(f"{path}: not a model file of this project (format {FORMAT})")
-    return ModelConfig(**obj["config"]), obj["state_dict"], obj.get("info", {})
+    cfg = _config(path, obj.get("config"))
+    state = obj.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: model file without a state_dict of tensors")
+    _check_fits(path, cfg, state)
+    info = obj.get("info")
+    return cfg, state, info if isinstance(info, dict) else {}
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
@@ -100,3 +139,60 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
     model = Seq2SeqTransformer(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), info
+
+
+def _config(path: str | os.PathLike, config: Any) -> ModelConfig:
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: model file without a config")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(config) - known):
+        raise UserError(f"{path}: model config key {unknown[0]!r} is unknown to this version "
+                        f"of the code (a file from another version?)")
+    try:
+        return ModelConfig(**config)
+    except TypeError as e:  # a required key is missing
+        raise UserError(f"{path}: model config does not fit this version of the code "
+                        f"({_first_line(e)})") from None
+
+
+def _check_fits(path: str | os.PathLike, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """Names and shapes of `state` against the model `cfg` builds (on the meta device: no memory)."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Seq2SeqTransformer(cfg).state_dict().items()}
+    except (UserError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: its model config cannot be built by this code "
+                        f"({_first_line(e)})") from None
+    if missing := sorted(expected.keys() - state.keys()):
+        raise UserError(f"{path}: weights lack {missing[0]!r} ({len(missing)} missing; "
+                        f"a file from another version of the model code?)")
+    if extra := sorted(state.keys() - expected.keys()):
+        raise UserError(f"{path}: weights have {extra[0]!r}, unknown to the model "
+                        f"({len(extra)} unknown; a file from another version of the model code?)")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise UserError(f"{path}: weight {key!r} has shape {list(state[key].shape)}, "
+                            f"the model's config gives {list(shape)}")
+
+
+# ---- the checkpoint folder: epoch_NNN.pt -------------------------------------------------------
+
+def epoch_path(folder: str | os.PathLike, epoch: int) -> Path:
+    return Path(folder) / f"epoch_{epoch:03d}.pt"
+
+
+def list_epochs(folder: str | os.PathLike) -> list[int]:
+    """The epochs with a checkpoint file in `folder`, ascending."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m[1]) for f in folder.iterdir() if (m := EPOCH_FILE.fullmatch(f.name)))
+
+
+def remove_epoch(folder: str | os.PathLike, epoch: int) -> None:
+    epoch_path(folder, epoch).unlink(missing_ok=True)
+
+
+def copy_epochs(src: str | os.PathLike, dest: str | os.PathLike, epochs: list[int]) -> None:
+    for e in epochs:
+        shutil.copyfile(epoch_path(src, e), epoch_path(dest, e))

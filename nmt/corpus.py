@@ -89,7 +89,7 @@ def fetch_multi30k(raw_dir: Path = paths.RAW) -> dict[str, Path]:
         dest = raw_dir / name
         files[name] = dest
         if dest.is_file():
-            if _sha256_file(dest) == sha256:
+            if fsio.sha256_file(dest) == sha256:
                 continue
             log.warning("%s: wrong sha256, fetching it again", dest)
         if mirror:
@@ -232,11 +232,3 @@ def _store_verified(stream: BinaryIO, size: int | None, source: str, dest: Path,
         if digest.hexdigest() != sha256:
             raise UserError(
                 f"{source}: sha256 mismatch: expected {sha256}, got {digest.hexdigest()}")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

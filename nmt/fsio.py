@@ -1,12 +1,16 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A crash, a full disk or a kill leaves either the old file or the new one, never
-half of one. Temporary names start with '.tmp-' so they are easy to spot.
+half of one. The file is fsynced before the rename and its folder after it, so
+the rename itself survives a power loss. Temporary names start with '.tmp-'
+(folders being replaced: '.old-'); a kill can leave them behind, and each stage
+sweeps its outputs' leftovers when it starts (`sweep_leftovers`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
         raise _naming(e, tmp, path) from None
@@ -72,6 +77,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             old = path.with_name(f".old-{path.name}.{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
@@ -80,6 +86,42 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the renames in `folder` durable: a rename is an entry of its folder, not of the file."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_leftovers(*outputs: str | os.PathLike) -> list[Path]:
+    """Remove what a killed write left of these outputs: '.tmp-NAME.*' and '.old-NAME.*' beside
+    each, and any '.tmp-*' or '.old-*' inside an output folder. Returns what was removed."""
+    removed = []
+    for out in map(Path, outputs):
+        if out.parent.is_dir():
+            removed += [p for p in out.parent.iterdir()
+                        if p.name.startswith((f".tmp-{out.name}.", f".old-{out.name}."))]
+        if out.is_dir():
+            removed += [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 _WRITE_FAILED = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
@@ -97,6 +139,18 @@ def _naming(e: OSError, tmp: str, target: Path) -> OSError:
     else:
         return e
     return OSError(e.errno, e.strerror, str(target) + (rest if rest.startswith(os.sep) else ""))
+
+
+def read_json(path: str | os.PathLike, rerun: str) -> Any:
+    """A JSON file another stage wrote; missing or damaged is a UserError telling to rerun `rerun`."""
+    from .errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the {rerun} stage first") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged, not valid JSON ({e}); rerun the {rerun} stage") from None
 
 
 def read_utf8_lines(path: str | os.PathLike, what: str = "") -> list[str]:

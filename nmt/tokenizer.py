@@ -134,4 +134,9 @@ def _pieces(model: bytes) -> list[tuple[str, float]]:
 
 
 def _load(path: Path) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:  # a damaged file: spm says "could not parse ModelProto"
+        reason = (str(e).strip().splitlines() or ["unreadable"])[0].replace(str(path), "the file")
+        raise UserError(f"{path}: not a readable SentencePiece model ({reason}); "
+                        "rerun the prepare stage") from None

@@ -31,7 +31,7 @@ import torch
 
 from nmt import checkpoints, fsio, paths
 from nmt.errors import UserError, main_entry
-from nmt.model import ModelConfig, Seq2SeqTransformer, sinusoidal_table
+from nmt.model import Seq2SeqTransformer
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
 log = logging.getLogger("nmt.ct2")
@@ -56,8 +56,8 @@ def _norm(spec, norm: torch.nn.LayerNorm) -> None:
     spec.beta = _np(norm.bias)
 
 
-def _ffn(spec, ffn, activation: str) -> None:
-    if activation == "swiglu":  # silu(gate(x)) * up(x): linear_0 is the activated branch
+def _ffn(spec, ffn) -> None:
+    if ffn.activation.gated:  # fn(gate(x)) * up(x): linear_0 is the activated branch
         _linear(spec.linear_0, ffn.gate)
         _linear(spec.linear_0_noact, ffn.up)
     else:
@@ -65,17 +65,16 @@ def _ffn(spec, ffn, activation: str) -> None:
     _linear(spec.linear_1, ffn.down)
 
 
-def _positions(embed, cfg: ModelConfig) -> np.ndarray:
-    if cfg.positional == "learned":
-        return _np(embed.positions.weight)
-    return _np(sinusoidal_table(max(SINUSOID_ROWS, cfg.max_positions), cfg.d_model))
-
-
-def position_rows(cfg: ModelConfig) -> int:
+def position_rows(model: Seq2SeqTransformer) -> int:
     """Positions the exported model has: a source (with its end token) or an output can be
     at most this long."""
-    return cfg.max_positions if cfg.positional == "learned" else max(SINUSOID_ROWS,
-                                                                    cfg.max_positions)
+    learned = model.src_embed.positions.max_length  # None: sinusoids, any length
+    return learned or max(SINUSOID_ROWS, model.cfg.max_positions)
+
+
+def _positions(embed, rows: int) -> np.ndarray:
+    """Our own table (CTranslate2's built-in sinusoids are laid out differently)."""
+    return _np(embed.positions(0, rows, torch.device("cpu")))
 
 
 def build_spec(model: Seq2SeqTransformer, src_vocab: list[str], tgt_vocab: list[str]):
@@ -83,25 +82,30 @@ def build_spec(model: Seq2SeqTransformer, src_vocab: list[str], tgt_vocab: list[
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg
-    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
-                  "swiglu": common_spec.Activation.SWISH}[cfg.activation]
+    activations = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                   "swiglu": common_spec.Activation.SWISH}  # F.gelu is the erf form, as GELU
+    if cfg.activation not in activations:
+        raise UserError(f"model.activation: {cfg.activation!r} has no CTranslate2 equivalent; "
+                        f"export supports {', '.join(activations)}")
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.num_encoder_layers, cfg.num_decoder_layers), cfg.nhead, pre_norm=cfg.norm_first,
-        activation=activation, ffn_glu=cfg.activation == "swiglu")
+        activation=activations[cfg.activation],
+        ffn_glu=model.encoder[0].ffn.block.activation.gated)
+    rows = position_rows(model)
     enc, dec = spec.encoder, spec.decoder
     scale = float(model.src_embed.scale)  # sqrt(d_model)
     enc.embeddings[0].weight = _np(model.src_embed.tokens.weight)
     enc.scale_embeddings = scale
-    enc.position_encodings.encodings = _positions(model.src_embed, cfg)
+    enc.position_encodings.encodings = _positions(model.src_embed, rows)
     for layer_spec, layer in zip(enc.layer, model.encoder):
         _norm(layer_spec.self_attention.layer_norm, layer.self_attn.norm)
         _linear(layer_spec.self_attention.linear[0], layer.self_attn.block.qkv_proj)  # [q;k;v]
         _linear(layer_spec.self_attention.linear[1], layer.self_attn.block.out_proj)
         _norm(layer_spec.ffn.layer_norm, layer.ffn.norm)
-        _ffn(layer_spec.ffn, layer.ffn.block, cfg.activation)
+        _ffn(layer_spec.ffn, layer.ffn.block)
     dec.embeddings.weight = _np(model.tgt_embed.tokens.weight)
     dec.scale_embeddings = scale
-    dec.position_encodings.encodings = _positions(model.tgt_embed, cfg)
+    dec.position_encodings.encodings = _positions(model.tgt_embed, rows)
     for layer_spec, layer in zip(dec.layer, model.decoder):
         _norm(layer_spec.self_attention.layer_norm, layer.self_attn.norm)
         _linear(layer_spec.self_attention.linear[0], layer.self_attn.block.qkv_proj)
@@ -112,7 +116,7 @@ def build_spec(model: Seq2SeqTransformer, src_vocab: list[str], tgt_vocab: list[
         _linear(layer_spec.attention.linear[1], cross.kv_proj)  # [k;v]
         _linear(layer_spec.attention.linear[2], cross.out_proj)
         _norm(layer_spec.ffn.layer_norm, layer.ffn.norm)
-        _ffn(layer_spec.ffn, layer.ffn.block, cfg.activation)
+        _ffn(layer_spec.ffn, layer.ffn.block)
     if cfg.norm_first:  # post-norm stacks have no final norm (and the spec none either)
         _norm(enc.layer_norm, model.enc_norm)
         _norm(dec.layer_norm, model.dec_norm)
@@ -151,9 +155,9 @@ def export(model_path: Path, prepared: Path, out: Path, quantization: str) -> No
                 if f.is_file():
                     shutil.copy(f, tmp / f.name)
         fsio.write_json(tmp / INFO, {
-            "model": str(model_path), "model_sha256": checkpoints.sha256_file(model_path),
+            "model": str(model_path), "model_sha256": fsio.sha256_file(model_path),
             "model_info": info, "quantization": quantization,
-            "position_rows": position_rows(model.cfg)})
+            "position_rows": position_rows(model)})
     log.info("wrote %s (%s, %.1f MB)", out, quantization,
              sum(f.stat().st_size for f in out.iterdir()) / 1e6)
 

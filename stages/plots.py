@@ -4,7 +4,6 @@ Runs last: the loss figure's title carries the run's test BLEU.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from nmt import fsio, paths
@@ -16,13 +15,15 @@ from nmt.plotting import line_plot, read_tsv
 @main_entry
 def main() -> None:
     params = load()
+    fsio.sweep_leftovers(paths.FIGURES)
     name = os.environ.get("DVC_EXP_NAME", "workspace")
     epochs_tsv, steps_tsv = paths.TRAIN_LOG / "epochs.tsv", paths.TRAIN_LOG / "steps.tsv"
     epochs, steps = read_tsv(epochs_tsv), read_tsv(steps_tsv)
     if not epochs or not steps:
         raise UserError(f"{paths.TRAIN_LOG}: training logs are empty; rerun the train stage")
     x = [r["epoch"] for r in epochs]
-    test = json.loads(paths.BLEU_METRICS.read_text()).get("test", {})
+    bleu_metrics = fsio.read_json(paths.BLEU_METRICS, "bleu")
+    test = bleu_metrics.get("test", {}) if isinstance(bleu_metrics, dict) else {}
     bleu = f", test BLEU {test['bleu']:.1f}" if "bleu" in test else ""
     with fsio.atomic_dir(paths.FIGURES) as tmp:
         line_plot(tmp / "loss.png",

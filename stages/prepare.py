@@ -18,6 +18,7 @@ log = logging.getLogger("nmt")
 @errors.main_entry
 def main() -> None:
     p = params.load()
+    fsio.sweep_leftovers(paths.RAW, paths.PREPARED)
     corpus = normalise_corpus(load_corpus(p.data))
     train = corpus.splits["train"]
     train_src, train_tgt, dropped = filter_train(

@@ -7,9 +7,7 @@ reruns this stage only, never training.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 
 import torch
 
@@ -35,17 +33,28 @@ def average(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def available_epochs() -> list[int]:
-    found = [int(m.group(1)) for f in paths.CHECKPOINTS.glob("epoch_*.pt")
-             if (m := re.fullmatch(r"epoch_(\d+)\.pt", f.name))]
+    found = checkpoints.list_epochs(paths.CHECKPOINTS)
     if not found:
         raise UserError(f"{paths.CHECKPOINTS}: no epoch checkpoints; run the train stage first")
-    return sorted(found)
+    return found
+
+
+def read_train_metrics() -> dict:
+    """The train stage's metrics.json: the epochs it ran and why it stopped."""
+    path = paths.TRAIN_METRICS
+    metrics = fsio.read_json(path, "train")
+    if not (isinstance(metrics, dict) and isinstance(metrics.get("epochs"), int)
+            and isinstance(metrics.get("stopped_by"), str)):
+        raise UserError(f"{path}: lacks 'epochs' (an integer) or 'stopped_by'; "
+                        "rerun the train stage")
+    return metrics
 
 
 @main_entry
 def main() -> None:
     params = load()
-    train_metrics = json.loads(paths.TRAIN_METRICS.read_text())
+    fsio.sweep_leftovers(paths.MODEL)
+    train_metrics = read_train_metrics()
     epochs_run = train_metrics["epochs"]
     want = swa_window(params.swa, epochs_run)
     have = available_epochs()
@@ -61,7 +70,12 @@ def main() -> None:
     cfg = None
     states = []
     for e in chosen:
-        cfg, state, _ = checkpoints.load_model_file(paths.CHECKPOINTS / f"epoch_{e:03d}.pt")
+        path = checkpoints.epoch_path(paths.CHECKPOINTS, e)
+        file_cfg, state, _ = checkpoints.load_model_file(path)
+        if cfg is not None and file_cfg != cfg:
+            raise UserError(f"{path}: its model config differs from epoch {chosen[0]}'s; "
+                            "rerun the train stage")
+        cfg = file_cfg
         states.append(state)
     info = {"epochs_averaged": chosen, "epochs_run": epochs_run,
             "stopped_by": train_metrics["stopped_by"]}

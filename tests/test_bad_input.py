@@ -35,6 +35,9 @@ import yaml
 from . import e2e
 from .conftest import synthetic_pairs
 
+# Every case runs real stages on a project built by all seven: end to end, not a unit test.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d nmt[\w.]*: ")
 STAGES = ("prepare", "subsample", "train", "swa_average", "translate", "bleu", "plots")
@@ -118,6 +121,33 @@ def keep_lines(rel: str, n: int) -> Callable[[Path], None]:
     return setup
 
 
+def cut_bytes(rel: str, keep: int) -> Callable[[Path], None]:
+    """The file as a kill mid-copy (or a full disk, outside the atomic writes) leaves it."""
+    def setup(project: Path) -> None:
+        (project / rel).write_bytes((project / rel).read_bytes()[:keep])
+    return setup
+
+
+def replace_text(rel: str, old: str, new: str) -> Callable[[Path], None]:
+    def setup(project: Path) -> None:
+        text = (project / rel).read_text(encoding="utf-8")
+        assert old in text, text
+        (project / rel).write_text(text.replace(old, new, 1), encoding="utf-8")
+    return setup
+
+
+def leave_leftovers(project: Path) -> None:
+    """What kills mid-write leave: temporary files and folders beside the outputs."""
+    (project / "data/.tmp-model.k1l2").mkdir()
+    (project / "data/.tmp-model.k1l2/averaged.pt").write_bytes(b"half")
+    (project / "data/.old-model.4242").mkdir()
+
+
+def check_swept(project: Path, before: dict, stderr: str) -> None:
+    assert not (project / "data/.tmp-model.k1l2").exists()
+    assert not (project / "data/.old-model.4242").exists()
+
+
 def remove(rel: str) -> Callable[[Path], None]:
     return lambda project: shutil.rmtree(project / rel)
 
@@ -156,6 +186,7 @@ CASES = [
     Case("crlf_line_endings", rewrite_corpus(lambda _, b: b.replace(b"\n", b"\r\n")),
          ("prepare",), check=check_crlf),
     Case("sentence_of_10000_tokens", append_long_pair, ("prepare",), check=check_long_sentence),
+    Case("leftovers_of_a_kill", leave_leftovers, ("swa_average",), check=check_swept),
     Case("test_without_reference", no_test_reference, ("prepare", "translate", "bleu"),
          check=check_no_reference),
     # Bad files.
@@ -173,6 +204,15 @@ CASES = [
          error=("data/train/log", "empty")),
     Case("missing_model", remove("data/model"), ("translate",),
          error=("data/model/averaged.pt", "not found")),
+    # Damaged intermediates (a kill or a disk error outside the atomic writes).
+    Case("truncated_checkpoint", cut_bytes("data/train/checkpoints/epoch_002.pt", 5000),
+         ("swa_average",), error=("data/train/checkpoints/epoch_002.pt", "corrupt", "truncated")),
+    Case("truncated_train_metrics", cut_bytes("data/train/metrics.json", 20), ("swa_average",),
+         error=("data/train/metrics.json", "not valid JSON")),
+    Case("non_numeric_epoch_log", replace_text("data/train/log/epochs.tsv", "\n1\t", "\n1x\t"),
+         ("plots",), error=("data/train/log/epochs.tsv", "line 2", "'1x' is not a number")),
+    Case("corrupt_sentencepiece_model", cut_bytes("data/prepared/spm.model", 100), ("train",),
+         error=("data/prepared/spm.model", "not a readable SentencePiece model")),
     # Bad params: every stage validates the whole file.
     Case("unknown_params_key", set_params(model={"d_modle": 64}), ("subsample",),
          error=("model.d_modle", "unknown params key", "did you mean 'model.d_model'")),
