@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import sys
+import time
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 
 from .errors import UserError
+
+log = logging.getLogger("nmt.device")
 
 
 def pick(preference: str = "auto") -> torch.device:
@@ -18,7 +23,74 @@ def pick(preference: str = "auto") -> torch.device:
         raise UserError("train.device: 'cuda' asked for, but no CUDA device is available")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return cuda_device()
+
+
+# ---- one GPU per process -----------------------------------------------------------------
+GPU_LOCK_DIR_ENV = "NMT_GPU_LOCK_DIR"
+_claimed: dict[str, Any] = {}  # index and the open lock file, held until the process exits
+
+
+def cuda_device() -> torch.device:
+    """The GPU this process trains or translates on.
+
+    Under torchrun each rank takes its LOCAL_RANK. Otherwise, with several visible GPUs,
+    the process claims the first one no other run holds (`claim_gpu`), so the workers of
+    `dvc queue start -j N` spread over N GPUs instead of all landing on GPU 0."""
+    if "LOCAL_RANK" in os.environ:
+        index = int(os.environ["LOCAL_RANK"])
+    elif torch.cuda.device_count() > 1:
+        if "index" not in _claimed:
+            _claimed["index"], _claimed["file"] = claim_gpu(visible_gpus(), gpu_lock_dir())
+        index = _claimed["index"]
+    else:
+        return torch.device("cuda")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def visible_gpus() -> list[str]:
+    """Machine-wide ids of the GPUs this process sees, in CUDA's order: the entries of
+    CUDA_VISIBLE_DEVICES when set (index or UUID), else 0..n-1."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    n = torch.cuda.device_count()
+    if mask:
+        return [g.strip() for g in mask.split(",")][:n]
+    return [str(i) for i in range(n)]
+
+
+def gpu_lock_dir() -> Path:
+    """Where GPU claims live: $NMT_GPU_LOCK_DIR (set it machine-wide to share GPUs between
+    projects), else the project's .dvc/tmp/gpu-locks. Queued experiments run in copies under
+    .dvc/tmp/exps/; DVC_ROOT names the project they came from, so all see one folder."""
+    if os.environ.get(GPU_LOCK_DIR_ENV):
+        return Path(os.environ[GPU_LOCK_DIR_ENV])
+    return Path(os.environ.get("DVC_ROOT", ".")) / ".dvc" / "tmp" / "gpu-locks"
+
+
+def claim_gpu(gpus: list[str], lock_dir: Path, poll_seconds: float = 5.0) -> tuple[int, IO]:
+    """(index into `gpus`, open lock file) of the first GPU whose lock file no other process
+    holds an exclusive flock on; waits while every one is held. The kernel drops the lock
+    when the process ends, however it ends, so a killed run frees its GPU."""
+    import fcntl
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index, gpu in enumerate(gpus):
+            f = open(lock_dir / f"gpu-{gpu.replace('/', '_')}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            log.info("using GPU %s (index %d; claimed in %s)", gpu, index, lock_dir)
+            return index, f
+        if not waited:
+            log.info("all %d GPUs are claimed by other runs (%s): waiting for one",
+                     len(gpus), lock_dir)
+            waited = True
+        time.sleep(poll_seconds)
 
 
 def cpu_has_amx() -> bool:
