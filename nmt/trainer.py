@@ -72,6 +72,17 @@ class Progress:
     epoch_rows: list[dict] = field(default_factory=list)
     step_rows: list[dict] = field(default_factory=list)
     kept_epochs: list[int] = field(default_factory=list)
+    # The row of the epoch a budget stop cut short, validated where it stopped: published
+    # with its weights, but no part of the history a continued run builds on.
+    stopped_row: dict = field(default_factory=dict)
+
+    def published_rows(self) -> list[dict]:
+        """The epoch log's rows: the finished epochs, then the one a budget stop cut short."""
+        return self.epoch_rows + ([self.stopped_row] if self.stopped_row else [])
+
+    def published_epochs(self, keep: int) -> list[int]:
+        """The last `keep` epochs with weights, a budget-stopped epoch included."""
+        return (self.kept_epochs + ([self.epoch] if self.stopped_row else []))[-keep:]
 
 
 class NonFiniteLoss(UserError):
@@ -144,12 +155,20 @@ class Trainer:
                 continue
             progress = state.get("progress") if isinstance(state, dict) else None
             if not isinstance(progress, dict) or progress.get("fingerprint") != self.progress.fingerprint:
-                log.info("saved training state in %s was made with other params or data: "
-                         "starting fresh", self.state_dir)
+                log.info("saved training state in %s was made with other params, data or "
+                         "code: starting fresh", self.state_dir)
                 shutil.rmtree(self.state_dir, ignore_errors=True)
                 return
+            fp = self.progress.fingerprint
             try:
                 self.progress = Progress(**progress)
+                if missing := self._pruned_but_wanted():
+                    log.info("train.keep_checkpoints is now %d, but the saved run deleted the "
+                             "weights of epoch %s: retraining from scratch to keep them",
+                             self.p.train.keep_checkpoints, ", ".join(map(str, missing)))
+                    self.progress = Progress(fingerprint=fp)
+                    shutil.rmtree(self.state_dir, ignore_errors=True)
+                    return
                 self.model.load_state_dict(state["model"])
                 self.optimizer = build_optimizer(self.p.optim, self.model, self.progress.phase)
                 self.optimizer.load_state_dict(state["optimizer"])
@@ -164,6 +183,19 @@ class Trainer:
             return
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _pruned_but_wanted(self) -> list[int]:
+        """Epochs whose weights the saved run deleted (it kept fewer, train.keep_checkpoints
+        was raised since) but which the last keep_checkpoints epochs of this run include."""
+        pr, keep = self.progress, self.p.train.keep_checkpoints
+        done = pr.epoch - 1
+        if pr.stopped_by in ("epochs", "early_stopping"):
+            first = done - keep + 1
+        elif self.p.train.early_stopping_patience:
+            first = 1  # the run may yet stop at any epoch
+        else:
+            first = self.p.train.epochs - keep + 1
+        return [e for e in range(max(first, 1), done + 1) if e not in pr.kept_epochs]
 
     def save_state(self) -> None:
         path = self.state_dir / STATE_FILE
@@ -243,7 +275,7 @@ class Trainer:
                  len(self.train_batches), self.steps_per_epoch, p.train.epochs)
         if pr.stopped_by == "budget" and (not budget or pr.wall_seconds < budget):
             log.info("continuing a run its time budget stopped (train.budget_minutes raised)")
-            pr.stopped_by = ""
+            pr.stopped_by, pr.stopped_row = "", {}
         if pr.stopped_by:
             return pr
         self.model.train()
@@ -283,6 +315,9 @@ class Trainer:
                 if p.train.save_every_steps and pr.step % p.train.save_every_steps == 0:
                     self.save_state()
             bar.close()
+            if pr.batch_pos < len(order):  # the budget stopped it mid-epoch
+                self._stop_mid_epoch()
+                return pr
             self._end_epoch()
             if pr.stopped_by:
                 break
@@ -291,12 +326,27 @@ class Trainer:
         self.save_state()
         return pr
 
-    def _end_epoch(self) -> None:
-        p, pr = self.p, self.progress
+    def _stop_mid_epoch(self) -> None:
+        """Validate and keep the weights where the budget stopped, and save the state at
+        that batch: a continued run (budget raised) trains the rest of this epoch."""
+        pr = self.progress
+        pr.stopped_row = self._epoch_row(self._validate())
+        log.info("epoch %d stopped after %d of %d batches: val loss %.4f", pr.epoch,
+                 pr.batch_pos, len(self.train_batches), pr.stopped_row["val_loss"])
+        checkpoints.save_model(checkpoints.epoch_path(self.state_dir / EPOCH_DIR, pr.epoch),
+                               self.cfg, self.model.state_dict(), {"epoch": pr.epoch})
+        self.save_state()
+
+    def _validate(self) -> float:
         t0 = time.perf_counter()
         val_loss = self.evaluate()
-        pr.wall_seconds += time.perf_counter() - t0
-        row = {
+        self.progress.wall_seconds += time.perf_counter() - t0
+        return val_loss
+
+    def _epoch_row(self, val_loss: float) -> dict:
+        """This epoch's log row: its training so far and the validation loss."""
+        pr = self.progress
+        return {
             "epoch": pr.epoch,
             "train_loss": round(pr.epoch_nll / max(pr.epoch_tokens, 1), 5),
             "val_loss": round(val_loss, 5),
@@ -305,6 +355,11 @@ class Trainer:
             "seconds": round(pr.epoch_seconds, 2),
             "tokens_per_s": round(pr.epoch_tokens / max(pr.epoch_seconds, 1e-9), 1),
         }
+
+    def _end_epoch(self) -> None:
+        p, pr = self.p, self.progress
+        val_loss = self._validate()
+        row = self._epoch_row(val_loss)
         pr.epoch_rows.append(row)
         log.info("epoch %d: train loss %.4f, val loss %.4f, lr %.2e, %.0f s, %.0f tokens/s",
                  pr.epoch, row["train_loss"], row["val_loss"], row["lr"], row["seconds"],
@@ -362,16 +417,21 @@ def publish(trainer: Trainer, checkpoints_dir: Path, log_dir: Path,
     """Write the stage's outputs from the final state: kept weights, logs, metrics."""
     pr = trainer.progress
     with fsio.atomic_dir(checkpoints_dir) as tmp:
-        checkpoints.copy_epochs(trainer.state_dir / EPOCH_DIR, tmp, pr.kept_epochs)
-    write_logs(pr, log_dir)
+        checkpoints.copy_epochs(trainer.state_dir / EPOCH_DIR, tmp,
+                                pr.published_epochs(trainer.p.train.keep_checkpoints))
+    rows = pr.published_rows()
+    write_logs(rows, pr.step_rows, log_dir)
+    best_val_loss, best_epoch = pr.best_val_loss, pr.best_epoch
+    if pr.stopped_row and pr.stopped_row["val_loss"] < best_val_loss:
+        best_val_loss, best_epoch = pr.stopped_row["val_loss"], pr.stopped_row["epoch"]
     dev = trainer.device
     hours = pr.wall_seconds / 3600
     metrics = {
-        "epochs": len(pr.epoch_rows),
+        "epochs": len(rows),
         "steps": pr.step,
-        "best_val_loss": round(pr.best_val_loss, 5),
-        "best_epoch": pr.best_epoch,
-        "final_val_loss": pr.epoch_rows[-1]["val_loss"] if pr.epoch_rows else None,
+        "best_val_loss": round(best_val_loss, 5),
+        "best_epoch": best_epoch,
+        "final_val_loss": rows[-1]["val_loss"] if rows else None,
         "stopped_by": pr.stopped_by,
         "train_minutes": round(pr.wall_seconds / 60, 2),
         "wall_seconds": round(pr.wall_seconds, 1),
@@ -388,12 +448,12 @@ def publish(trainer: Trainer, checkpoints_dir: Path, log_dir: Path,
     return metrics
 
 
-def write_logs(pr: Progress, log_dir: Path) -> None:
+def write_logs(epoch_rows: list[dict], step_rows: list[dict], log_dir: Path) -> None:
     with fsio.atomic_dir(log_dir) as tmp:
-        fsio.write_text(tmp / "epochs.tsv", tsv(pr.epoch_rows, ["epoch", "train_loss", "val_loss",
-                                                                "val_ppl", "lr", "seconds",
-                                                                "tokens_per_s"]))
-        fsio.write_text(tmp / "steps.tsv", tsv(pr.step_rows, ["step", "lr", "train_loss"]))
+        fsio.write_text(tmp / "epochs.tsv", tsv(epoch_rows, ["epoch", "train_loss", "val_loss",
+                                                             "val_ppl", "lr", "seconds",
+                                                             "tokens_per_s"]))
+        fsio.write_text(tmp / "steps.tsv", tsv(step_rows, ["step", "lr", "train_loss"]))
 
 
 def tsv(rows: list[dict], columns: list[str]) -> str:

@@ -1,4 +1,5 @@
 """The training loop: accumulation equivalence, budget stop, non-finite loss, resume state."""
+import logging
 import math
 import random
 from pathlib import Path
@@ -92,8 +93,10 @@ def test_budget_stops_cleanly_after_a_step(tmp_path):
     t = trainer(make_params(train={"budget_minutes": 1e-9, "epochs": 3}), data, tmp_path)
     progress = t.run()
     assert progress.stopped_by == "budget"
-    assert progress.step == 1 and len(progress.epoch_rows) == 1
-    assert progress.kept_epochs == [1]
+    assert (progress.step, progress.epoch, progress.batch_pos) == (1, 1, 1)  # mid-epoch
+    assert progress.epoch_rows == [] and progress.kept_epochs == []
+    assert progress.published_rows() == [progress.stopped_row]
+    assert progress.stopped_row["epoch"] == 1 and progress.published_epochs(2) == [1]
     assert (tmp_path / "state" / "epochs" / "epoch_001.pt").is_file()
 
 
@@ -139,4 +142,75 @@ def test_raising_the_budget_continues_a_stopped_run(tmp_path):
     resumed = trainer(make_params(train={"budget_minutes": 0.0, "epochs": 3}), data, tmp_path)
     progress = resumed.run()
     assert progress.stopped_by == "epochs" and len(progress.epoch_rows) == 3
-    assert progress.step == 1 + 2 * 6
+    assert progress.step == 3 * 6 and progress.stopped_row == {}
+
+
+COMPARED_ROW = ("epoch", "train_loss", "val_loss", "val_ppl", "lr")  # not timings
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "triangular"])
+def test_budget_stops_then_continuing_equals_an_unbroken_run(tmp_path, schedule):
+    """Stopped by the budget after each of the first 9 steps, across the epoch boundary
+    where the SGD phase starts, then continued: the same weights, bit for bit."""
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    groups = dict(model={"dropout": 0.1}, optim={"sgd_from_epoch": 2},
+                  schedule={"name": schedule, "warmup_steps": 2, "min_lr": 1e-5})
+
+    def params(budget_minutes):
+        return make_params(train={"epochs": 3, "budget_minutes": budget_minutes}, **groups)
+
+    unbroken = trainer(params(0.0), data, tmp_path, "unbroken")
+    want = unbroken.run()
+
+    budget = 1e-9
+    for stop in range(1, 10):
+        stopped = trainer(params(budget), data, tmp_path, "stopped")
+        progress = stopped.run()
+        assert progress.stopped_by == "budget" and progress.step == stop
+        budget = progress.wall_seconds / 60 + 1e-9  # room for one more step
+    got = trainer(params(0.0), data, tmp_path, "stopped").run()
+
+    assert got.step == want.step == 18 and got.stopped_by == "epochs"
+    assert [{k: r[k] for k in COMPARED_ROW} for r in got.epoch_rows] == \
+        [{k: r[k] for k in COMPARED_ROW} for r in want.epoch_rows]
+    assert got.step_rows == want.step_rows
+    continued = trainer(params(0.0), data, tmp_path, "stopped")  # the final state, reloaded
+    for (name, a), b in zip(unbroken.model.state_dict().items(),
+                            continued.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_raising_keep_checkpoints_after_a_finished_run_retrains(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "nmt.train")
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+    first = trainer(make_params(train={"epochs": 4, "keep_checkpoints": 2}), data, tmp_path).run()
+    assert first.kept_epochs == [3, 4]
+
+    assert trainer(make_params(train={"epochs": 4, "keep_checkpoints": 1}), data,
+                   tmp_path).progress.published_epochs(1) == [4]  # lowered: resumes, keeps 1
+    raised = trainer(make_params(train={"epochs": 4, "keep_checkpoints": 4}), data, tmp_path)
+    assert "deleted the weights of epoch 1, 2: retraining from scratch" in caplog.text
+    assert raised.progress.step == 0
+    progress = raised.run()
+    assert progress.kept_epochs == [1, 2, 3, 4] and progress.step == 4 * 2
+    assert sorted(f.name for f in (tmp_path / "state" / "epochs").glob("*.pt")) == \
+        [f"epoch_00{e}.pt" for e in (1, 2, 3, 4)]
+
+
+def test_raising_keep_checkpoints_mid_run_retrains_only_for_deleted_wanted_epochs(tmp_path):
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+
+    def params(keep, budget_minutes=0.0):
+        return make_params(train={"epochs": 6, "keep_checkpoints": keep,
+                                  "budget_minutes": budget_minutes})
+
+    budget = 1e-9
+    while True:  # one step per run until epoch 3 is done
+        progress = trainer(params(1, budget), data, tmp_path).run()
+        budget = progress.wall_seconds / 60 + 1e-9
+        if progress.epoch == 4:
+            break
+    assert progress.kept_epochs == [3] and progress.step == 6
+
+    assert trainer(params(4), data, tmp_path).progress.step == 6  # wants 3-6: all there
+    assert trainer(params(5), data, tmp_path).progress.step == 0  # wants 2-6: 2 was deleted
