@@ -63,9 +63,12 @@ hypotheses: setup
 	$(VENV)/bin/nmtlab hypotheses list
 
 # Needs params.yaml and dvc.yaml committed; commit dvc.lock after `make repro` too,
-# or every experiment reruns the baseline's stages.
+# or every experiment reruns the baseline's stages. SEEDS=N queues each entry with
+# training seeds 1..N as ENTRY-sK (BASELINE_SEEDS=M: the baseline with 1..M), NAMES=
+# chooses entries; rerun it to queue only what is missing or failed (docs/seeds.md).
 queue-hypotheses: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab hypotheses queue
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab hypotheses queue \
+	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(NAMES)
 
 # Runs the queue (`dvc queue start -j JOBS`, JOBS default 1) and waits until it is
 # done; fails naming the experiments that failed. Each job gets cores/JOBS torch
@@ -78,7 +81,8 @@ run-queue: setup
 	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
 	$(DVC) queue status; $(VENV)/bin/nmtlab show; exit $$status
 
-# Every experiment against its baseline, with significance: reports/experiments.md + PNGs.
+# Every experiment against its baseline, pooled over training seeds, with significance:
+# writes the run records reports/runs/*.json (commit them), then reports/experiments.md + PNGs.
 report: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab report
 

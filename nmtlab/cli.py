@@ -10,10 +10,12 @@ import sys
 
 # tool name -> (module, one line for the help)
 TOOLS = {
-    "report": ("nmtlab.report", "every experiment against its baseline, with significance"),
+    "report": ("nmtlab.report.__main__",
+               "hypotheses pooled over training seeds against the baseline, with significance"),
     "hypotheses": ("nmtlab.hypotheses", "the hypothesis catalogue: list, queue, start, wait"),
     "bench": ("nmtlab.bench", "training and decoding speed against plain baselines"),
     "loss-check": ("nmtlab.loss_check", "SmoothCE against torch's CrossEntropyLoss, with a figure"),
+    "translate": ("nmtlab.translate", "translate your own sentences (stdin or a file) with a trained model"),
     "export-ct2": ("nmtlab.ct2", "convert a trained model to CTranslate2 (float32 or int8)"),
     "show": ("nmtlab.show", "dvc exp show with the columns to compare (changed params, BLEU, cost)"),
 }

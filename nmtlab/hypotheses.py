@@ -3,6 +3,8 @@
     python -m nmtlab.hypotheses list [--md]                the catalogue as a table
     python -m nmtlab.hypotheses commands [--queue] [NAMES]  each entry's `dvc exp run` line
     python -m nmtlab.hypotheses queue [--force] [NAMES]     queue all (or the named) entries
+    python -m nmtlab.hypotheses queue --seeds 3 [--baseline-seeds 6] [NAMES]
+                                      ... each with training seeds 1..3, named ENTRY-sK
     python -m nmtlab.hypotheses start [-j N] [--timeout S]  `dvc queue start -j N`, then wait
     python -m nmtlab.hypotheses wait [--timeout S]          wait for a queue started by hand
 
@@ -12,10 +14,15 @@ the workspace's git state, uncommitted changes to tracked files included, so
 `queue` refuses while params.yaml or dvc.yaml differ from the last commit: the
 hypotheses would otherwise stack on whatever the workspace holds (a previous
 `dvc exp run -S` leaves its params applied there).
+
+With --seeds, rerunning `queue` queues only what is missing: a name with a run record
+(reports/runs/NAME.json), a finished experiment, or a task queued or running is skipped;
+a failed one is queued again. A sweep cut short therefore continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import re
 import shlex
@@ -31,10 +38,13 @@ import yaml
 
 from nmt.errors import UserError, main_entry
 from nmt.params import from_dict
+from nmt.params import load as load_params
 
 CATALOGUE = Path("hypotheses.yaml")
 PARAMS = Path("params.yaml")
-ENTRY_KEYS = ("name", "hypothesis", "report", "set")
+ENTRY_KEYS = ("name", "hypothesis", "report", "metric", "set")
+BASELINE = "baseline"  # the entry without changes: the reference every other entry is tested on
+SEED_KEY = "seed"  # the training seed (params.yaml); replicates set it with -S seed=K
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")  # a valid git ref name, so a valid experiment name
 PLAIN_STRING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*")  # Hydra reads it back as this string
 HYDRA_KEYWORDS = {"true", "false", "null", "inf", "nan"}  # would not read back as a string
@@ -45,19 +55,26 @@ class Hypothesis:
     name: str  # the experiment's name in `dvc exp show`
     hypothesis: str  # what should improve, one sentence
     report: str  # what origin.md says happened
+    metric: str  # what the hypothesis says improves: a key of nmtlab.report.compare.METRICS
     set: dict[str, Any]  # dotted params key -> value: the diff against the baseline
 
     def overrides(self) -> list[str]:
         """The `-S` arguments: key=value in Hydra's override grammar."""
         return [f"{key}={hydra_value(value)}" for key, value in self.set.items()]
 
-    def command(self, queue: bool = False, force: bool = False, dvc: str = "dvc") -> list[str]:
-        """The `dvc exp run` line of this entry."""
+    def command(self, queue: bool = False, force: bool = False, dvc: str = "dvc",
+                seed: int | None = None) -> list[str]:
+        """The `dvc exp run` line of this entry; with `seed`, the replicate ENTRY-sSEED."""
+        name = self.name if seed is None else replicate_name(self.name, seed)
         cmd = [dvc, "exp", "run", *(["--queue"] if queue else []),
-               *(["--force"] if force else []), "-n", self.name]
-        for override in self.overrides():
+               *(["--force"] if force else []), "-n", name]
+        for override in self.overrides() + ([f"{SEED_KEY}={seed}"] if seed is not None else []):
             cmd += ["-S", override]
         return cmd
+
+
+def replicate_name(entry: str, seed: int) -> str:
+    return f"{entry}-s{seed}"
 
 
 def hydra_value(value: Any) -> str:
@@ -113,8 +130,10 @@ def load(path: str | Path = CATALOGUE, params_path: str | Path = PARAMS) -> list
     entry's changes applied must pass the schema's validation, so a bad entry
     fails here with a line naming it, not as a failed experiment in the queue.
     """
+    from nmtlab.report.compare import METRICS
+
     path, params_path = Path(path), Path(params_path)
-    raw_params = _read_yaml(params_path)
+    raw_params = dataclasses.asdict(load_params(params_path))
     doc = _read_yaml(path)
     entries = doc.get("hypotheses") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -139,10 +158,16 @@ def load(path: str | Path = CATALOGUE, params_path: str | Path = PARAMS) -> list
         for field in ("hypothesis", "report"):
             if not isinstance(entry.get(field), str) or not entry[field].strip():
                 raise UserError(f"{where}: '{field}' must be a sentence")
+        if entry.get("metric") not in METRICS:
+            raise UserError(f"{where}: 'metric' must name what the hypothesis improves, one of "
+                            f"{', '.join(METRICS)}; got {entry.get('metric')!r}")
         if changes is None:
             changes = {}
         if not isinstance(changes, dict):
             raise UserError(f"{where}: 'set' must map dotted params keys to values")
+        if SEED_KEY in changes:
+            raise UserError(f"{where}: set: '{SEED_KEY}' is the training seed, which replicates "
+                            f"vary (queue --seeds N); an entry changes the configuration")
         for key, value in changes.items():
             if not _is_override_value(value):
                 raise UserError(f"{where}: {key}: values must be numbers, strings, booleans or "
@@ -158,7 +183,7 @@ def load(path: str | Path = CATALOGUE, params_path: str | Path = PARAMS) -> list
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         out.append(Hypothesis(name, " ".join(entry["hypothesis"].split()),
-                              " ".join(entry["report"].split()), dict(changes)))
+                              " ".join(entry["report"].split()), entry["metric"], dict(changes)))
     return out
 
 
@@ -197,19 +222,67 @@ def preflight(repo: Path = Path(".")) -> list[str]:
     return warnings
 
 
-def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path(".")) -> None:
+def plan(catalogue: list[Hypothesis], seeds: int = 0,
+         baseline_seeds: int = 0) -> list[tuple[Hypothesis, int | None]]:
+    """(entry, training seed) of every run to queue: each entry once without seeds, else with
+    seeds 1..seeds (the baseline 1..baseline_seeds, when given)."""
+    if not seeds and not baseline_seeds:
+        return [(h, None) for h in catalogue]
+    return [(h, k) for h in catalogue
+            for k in range(1, (baseline_seeds if h.name == BASELINE and baseline_seeds
+                               else seeds) + 1)]
+
+
+def run_states(repo: Path = Path(".")) -> dict[str, str]:
+    """Experiment name -> recorded | success | queued | running | failed | interrupted: the
+    run records, the experiments of the workspace's commit, and the queue's tasks."""
+    from nmtlab.report.experiments import RECORDS, dvc_exp_show, parse_exp_show
+
+    states = {}
+    for run in parse_exp_show(dvc_exp_show(str(repo))):
+        if run.rev != run.baseline_rev and run.state in ("success", "failed"):
+            states[run.name] = run.state
+    tasks, workers = queue_status(repo)
+    for name, status in tasks.values():
+        status = status.lower()
+        if status == "running" and not workers:
+            status = "interrupted"  # its worker is gone: a stopped or crashed sweep
+        if status in ("queued", "running", "interrupted") or name not in states:
+            states[name] = status
+    for path in (repo / RECORDS).glob("*.json"):
+        states[path.stem] = "recorded"
+    return states
+
+
+def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path("."),
+          seeds: int = 0, baseline_seeds: int = 0) -> None:
+    """Queue the catalogue's runs. With seeds, a run already recorded, finished, queued or
+    running is skipped (unless `force`), and a failed or interrupted one is queued again."""
     for warning in preflight(repo):
         print(f"warning: {warning}", file=sys.stderr)
-    for i, h in enumerate(catalogue):
-        cmd = h.command(queue=True, force=force, dvc=_dvc())
+    runs = plan(catalogue, seeds, baseline_seeds)
+    states = run_states(repo) if (seeds or baseline_seeds) and not force else {}
+    queued = skipped = 0
+    for h, seed in runs:
+        name = h.name if seed is None else replicate_name(h.name, seed)
+        state = states.get(name)
+        if state in ("recorded", "success", "queued", "running"):
+            skipped += 1
+            continue
+        cmd = h.command(queue=True, force=force or state in ("failed", "interrupted"),
+                        dvc=_dvc(), seed=seed)
         proc = _run(cmd, repo)
         if proc.returncode != 0:
             why = _last_line(proc.stderr or proc.stdout)
-            raise UserError(f"queue: `dvc {shlex.join(cmd[1:])}` failed after {i} of "
-                            f"{len(catalogue)} were queued: {why}")
-        print(f"queued {h.name}: {' '.join(h.overrides()) or '(the baseline, no changes)'}")
-    print(f"{len(catalogue)} experiments queued; run them with `dvc queue start -j N` "
-          "(make run-queue JOBS=N), then compare with `dvc exp show`")
+            raise UserError(f"queue: `dvc {shlex.join(cmd[1:])}` failed after {queued} of "
+                            f"{len(runs)} were queued: {why}")
+        queued += 1
+        again = f" (again: it {state})" if state else ""
+        changes = " ".join(h.overrides() + ([f"{SEED_KEY}={seed}"] if seed else []))
+        print(f"queued {name}{again}: {changes or '(the baseline, no changes)'}")
+    done = f", {skipped} skipped (recorded, finished, queued or running)" if skipped else ""
+    print(f"{queued} experiments queued{done}; run them with `dvc queue start -j N` "
+          "(make run-queue JOBS=N), then `make report`")
 
 
 def queue_status(repo: Path = Path(".")) -> tuple[dict[str, tuple[str, str]], int]:
@@ -329,7 +402,13 @@ def main() -> None:
     p.add_argument("--queue", action="store_true", help="with --queue")
     p.add_argument("names", nargs="*")
     p = sub.add_parser("queue", help="queue the entries, each from the baseline")
-    p.add_argument("--force", action="store_true", help="replace experiments of the same name")
+    p.add_argument("--force", action="store_true", help="replace experiments of the same name "
+                   "(and queue every replicate, done or not)")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="N: each entry with training seeds 1..N, named ENTRY-sK; only the "
+                        "missing or failed ones are queued")
+    p.add_argument("--baseline-seeds", type=int, default=0,
+                   help="M: the baseline with seeds 1..M instead (the A/A check needs 6)")
     p.add_argument("names", nargs="*")
     for name, text in (("start", "start queue workers, wait until the queued experiments ran"),
                        ("wait", "wait until the experiments queued or running now have run")):
@@ -349,7 +428,10 @@ def main() -> None:
         for h in select(catalogue, args.names):
             print(shlex.join(h.command(queue=args.queue)))
     else:
-        queue(select(catalogue, args.names), force=args.force)
+        if args.seeds < 0 or args.baseline_seeds < 0:
+            raise UserError("queue: --seeds and --baseline-seeds must be 0 or more")
+        queue(select(catalogue, args.names), force=args.force, seeds=args.seeds,
+              baseline_seeds=args.baseline_seeds)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def write_catalogue(tmp_path: Path, entries: list[dict]) -> Path:
 
 
 def entry(name: str = "x", **changes) -> dict:
-    return {"name": name, "hypothesis": "It helps.", "report": "It helped.", "set": changes}
+    return {"name": name, "hypothesis": "It helps.", "report": "It helped.", "metric": "bleu",
+            "set": changes}
 
 
 # ---- the catalogue -------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def test_values_render_as_hydra_reads_them_back(value, text):
 
 
 def test_command_lines(catalogue):
-    h = hypotheses.Hypothesis("betas", "h", "r", {"optim.betas": [0.9, 0.99], "train.amp": "fp32"})
+    h = hypotheses.Hypothesis("betas", "h", "r", "bleu",
+                              {"optim.betas": [0.9, 0.99], "train.amp": "fp32"})
     assert h.command() == ["dvc", "exp", "run", "-n", "betas", "-S", "optim.betas=[0.9,0.99]",
                            "-S", "train.amp=fp32"]
     assert h.command(queue=True, force=True)[:6] == [
@@ -152,6 +154,10 @@ def test_command_lines(catalogue):
     ([entry("grp", **{"model": {"nhead": 8}})], "entry 'grp': model: values must be"),
     ([entry("Bad Name")], "name must be lower-case"),
     ([entry("twice"), entry("twice")], "entry 'twice': the name is used twice"),
+    ([{**entry("x"), "metric": "BLEU"}], "entry 'x': 'metric' must name what the hypothesis "
+     "improves, one of bleu, val_loss; got 'BLEU'"),
+    ([{k: v for k, v in entry("x").items() if k != "metric"}], "entry 'x': 'metric' must"),
+    ([entry("lucky", seed=7)], "entry 'lucky': set: 'seed' is the training seed"),
     ([{"name": "x", "hypothesis": "h", "report": "r", "set": {}, "sett": {}}],
      "entry 'x': unknown field 'sett'"),
     ([{"name": "x", "set": {}, "report": "r"}], "entry 'x': 'hypothesis' must be a sentence"),
@@ -161,6 +167,25 @@ def test_bad_catalogue_entries_fail_with_one_line_naming_entry_and_key(tmp_path,
     with pytest.raises(UserError) as e:
         hypotheses.load(path, PARAMS)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_metric_is_the_one_the_hypothesis_names(catalogue):
+    for h in catalogue:
+        if "lowers the validation loss" in h.hypothesis:
+            assert h.metric == "val_loss", h.name
+        elif "BLEU" in h.hypothesis or "translates better" in h.hypothesis:
+            assert h.metric == "bleu", h.name
+
+
+def test_replicates_are_named_after_entry_and_seed(catalogue):
+    chosen = hypotheses.select(catalogue, ["baseline", "gelu"])
+    planned = hypotheses.plan(chosen, seeds=3, baseline_seeds=6)
+    names = [hypotheses.replicate_name(h.name, k) for h, k in planned]
+    assert names == [f"baseline-s{k}" for k in range(1, 7)] + ["gelu-s1", "gelu-s2", "gelu-s3"]
+    gelu = planned[-1][0]
+    assert gelu.command(seed=3) == ["dvc", "exp", "run", "-n", "gelu-s3", "-S",
+                                    "model.activation=gelu", "-S", "seed=3"]
+    assert hypotheses.plan(chosen) == [(chosen[0], None), (chosen[1], None)]
 
 
 def test_unknown_name_is_refused(catalogue):
@@ -237,7 +262,6 @@ def experiments(shown: list[dict]) -> dict[str, dict]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
 def test_every_catalogue_entry_runs_as_a_queued_experiment(tmp_path):
     project = e2e.make_project(tmp_path / "proj", n_train=80, n_eval=20, overrides=E2E_OVERRIDES)
     assert (project / "hypotheses.yaml").read_text() == CATALOGUE.read_text()

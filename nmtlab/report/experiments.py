@@ -1,0 +1,278 @@
+"""What the report reads: DVC experiments, and the run records that outlive them.
+
+A run record (reports/runs/<name>.json, committed) keeps what the report needs of one
+finished run: its params and their diff against the commit it ran from, the training seed,
+the metrics (cost included), the epoch log, and per-sentence BLEU statistics of the val and
+test translations (not the translations). `collect` writes one per finished experiment that
+DVC knows; the report is then built from the records alone, so it can be rebuilt, and a
+sweep continued, on a fresh clone without the DVC cache or the experiment refs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmt import fsio, paths
+from nmt.errors import UserError
+
+from .significance import STATS, sentence_stats
+
+log = logging.getLogger("nmt.report")
+
+RECORDS = Path("reports") / "runs"
+RECORD_FORMAT = 1
+SPLITS = ("val", "test")
+CODE_PATHS = ("nmt", "stages", "dvc.yaml")  # what makes two commits' runs comparable
+SEED_KEY = "seed"  # the training seed: replicates differ in it alone
+REPLICATE_RE = re.compile(r"^(.+)-s\d+$")  # entry-sK, as `nmtlab hypotheses queue --seeds` names
+
+
+@dataclass
+class Run:
+    """One finished run (an experiment or a commit's own results), or an unfinished one."""
+
+    name: str
+    rev: str  # the experiment's (or commit's) git sha
+    baseline_rev: str  # the commit it ran from
+    params: dict[str, Any]  # its params.yaml, nested
+    base_params: dict[str, Any]  # the params.yaml of the commit it ran from
+    train: dict[str, Any] = field(default_factory=dict)  # data/train/metrics.json
+    bleu: dict[str, Any] = field(default_factory=dict)  # data/bleu/metrics.json
+    timestamp: str = ""
+    state: str = "success"  # success | failed | queued | running | no results
+    error: str = ""
+    code: str = ""  # hash of CODE_PATHS at the baseline commit
+    epochs_tsv: str = ""
+    sentences: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, 6) STATS
+    refs_sha256: dict[str, str] = field(default_factory=dict)
+    outputs_sha256: str = ""  # of the translations: the same run restored from the cache twice
+
+    @property
+    def diff(self) -> dict[str, Any]:
+        return params_diff(self.base_params, self.params)
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get(SEED_KEY)
+
+    @property
+    def arm_key(self) -> str:
+        """The params diff without the training seed: replicates share it."""
+        return json.dumps({k: v for k, v in self.diff.items() if k != SEED_KEY}, sort_keys=True)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def params_diff(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
+    """Changed keys only, dotted, with the experiment's value (None if it dropped the key)."""
+    a, b = flatten(base), flatten(exp)
+    return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def replicate_of(name: str) -> str:
+    """`gelu-s2` -> `gelu`; other names unchanged."""
+    m = REPLICATE_RE.match(name)
+    return m.group(1) if m else name
+
+
+# ---- DVC ---------------------------------------------------------------------------------
+def dvc_exp_show(repo: str = ".") -> list[dict]:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
+                          capture_output=True, text=True, cwd=repo)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        raise UserError(f"dvc exp show failed: {lines[-1] if lines else proc.returncode}")
+    return json.loads(proc.stdout)
+
+
+def parse_exp_show(rows: list[dict]) -> list[Run]:
+    """Every commit with experiments (its own results included, when it has them) and every
+    experiment, from `dvc exp show --json` output."""
+    runs = []
+    for row in rows:
+        if row["rev"] == "workspace" or not row.get("experiments"):
+            continue
+        base_params = _params(row)
+        commit = _run(f"commit-{row['rev'][:7]}", row, row["rev"], base_params)
+        runs.append(commit)
+        for exp in row["experiments"]:
+            for rev in exp.get("revs") or []:
+                run = _run(rev.get("name") or exp.get("name") or rev["rev"][:7], rev, row["rev"],
+                           base_params)
+                executor = exp.get("executor") or {}
+                state = executor.get("state") or "success"
+                if state != "success":
+                    run.state, run.train, run.bleu = state, {}, {}
+                    log_file = (executor.get("local") or {}).get("log")
+                    if state == "failed" and log_file:
+                        run.error = "; ".join(filter(None, [run.error, f"its log: {log_file}"]))
+                runs.append(run)
+    return runs
+
+
+def _params(row: dict) -> dict:
+    data = row.get("data") or {}
+    return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+
+
+def _run(name: str, row: dict, baseline_rev: str, base_params: dict) -> Run:
+    data = row.get("data") or {}
+    metrics = data.get("metrics") or {}
+    run = Run(name=name, rev=row["rev"], baseline_rev=baseline_rev, params=_params(row),
+              base_params=base_params,
+              train=(metrics.get(str(paths.TRAIN_METRICS)) or {}).get("data") or {},
+              bleu=(metrics.get(str(paths.BLEU_METRICS)) or {}).get("data") or {},
+              timestamp=data.get("timestamp") or "")
+    if row.get("error"):
+        run.state, run.train, run.bleu = "failed", {}, {}
+        run.error = row["error"].get("msg", "")
+    elif not run.train or not run.bleu:
+        run.state = "no results"
+    return run
+
+
+def code_hash(rev: str, repo: str = ".") -> str:
+    """One hash of the git trees of CODE_PATHS at `rev`: two commits with the same code and
+    pipeline (records committed in between, say) give comparable runs."""
+    proc = subprocess.run(["git", "rev-parse", *(f"{rev}:{p}" for p in CODE_PATHS)],
+                          capture_output=True, text=True, cwd=repo)
+    text = proc.stdout if proc.returncode == 0 else rev
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_outputs(run: Run, repo: str = ".") -> None:
+    """Per-sentence statistics and the epoch log of a finished run, from the DVC cache at its
+    commit; `run.error` says what could not be read."""
+    from dvc.api import DVCFileSystem
+
+    try:
+        fs = DVCFileSystem(repo, rev=run.rev)
+        run.epochs_tsv = fs.read_text(str(paths.TRAIN_LOG / "epochs.tsv"), encoding="utf-8")
+        hyps_text = ""
+        bleu = run.params.get("bleu") or {}
+        for split in SPLITS:
+            try:
+                refs_text = fs.read_text(str(paths.PREPARED / f"{split}.tgt"), encoding="utf-8")
+            except FileNotFoundError:
+                continue  # no reference: no BLEU for this split
+            hyps = fs.read_text(str(paths.TRANSLATIONS / f"{split}.hyp"), encoding="utf-8")
+            hyps_text += hyps
+            run.sentences[split] = sentence_stats(lines(hyps), lines(refs_text),
+                                                  bleu.get("tokenize", "13a"),
+                                                  bool(bleu.get("lowercase", False)))
+            run.refs_sha256[split] = hashlib.sha256(refs_text.encode()).hexdigest()
+        run.outputs_sha256 = hashlib.sha256(hyps_text.encode()).hexdigest()
+    except Exception as e:  # noqa: BLE001 - any DVC/git failure is a note on this run
+        run.error = f"its outputs are not in the DVC cache (dvc pull, or rerun): {e}"
+        run.state = "no results"
+
+
+def lines(text: str) -> list[str]:
+    """Lines as the sacreBLEU CLI reads a file: line ends and trailing blanks dropped."""
+    return [ln.rstrip() for ln in text.splitlines()]
+
+
+# ---- records -----------------------------------------------------------------------------
+def to_record(run: Run) -> dict[str, Any]:
+    return {
+        "format": RECORD_FORMAT,
+        "name": run.name,
+        "experiment": run.rev,
+        "baseline": run.baseline_rev,
+        "code": run.code,
+        "timestamp": run.timestamp,
+        "seed": run.seed,
+        "params_diff": run.diff,
+        "params": run.params,
+        "base_params": run.base_params,
+        "metrics": {"train": run.train, "bleu": run.bleu},
+        "outputs_sha256": run.outputs_sha256,
+        "epochs_tsv": run.epochs_tsv,
+        # sacreBLEU's statistics per sentence, one space-separated column per field
+        "sentences": {split: {"refs_sha256": run.refs_sha256[split],
+                              **{name: " ".join(map(str, col)) for name, col in
+                                 zip(STATS, stats.T)}}
+                      for split, stats in run.sentences.items()},
+    }
+
+
+def from_record(record: dict[str, Any], path: Path) -> Run:
+    if record.get("format") != RECORD_FORMAT:
+        raise UserError(f"{path}: record format {record.get('format')!r}, this report reads "
+                        f"{RECORD_FORMAT}")
+    try:
+        run = Run(name=record["name"], rev=record["experiment"], baseline_rev=record["baseline"],
+                  params=record["params"], base_params=record["base_params"],
+                  train=record["metrics"]["train"], bleu=record["metrics"]["bleu"],
+                  timestamp=record["timestamp"], code=record["code"],
+                  epochs_tsv=record["epochs_tsv"], outputs_sha256=record["outputs_sha256"])
+        for split, cols in record["sentences"].items():
+            run.sentences[split] = np.array([[int(v) for v in cols[name].split()]
+                                             for name in STATS], dtype=np.int64).T
+            run.refs_sha256[split] = cols["refs_sha256"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a run record ({type(e).__name__}: {e}); delete it and "
+                        f"rerun `nmtlab report --collect` where its experiment is") from None
+    return run
+
+
+def record_path(run: Run, folder: Path = RECORDS) -> Path:
+    return folder / f"{run.name}.json"
+
+
+def load_records(folder: Path = RECORDS) -> list[Run]:
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+        runs.append(from_record(record, path))
+    return runs
+
+
+def collect(runs: list[Run], repo: str = ".", folder: Path = RECORDS) -> list[Path]:
+    """Write (or refresh) the record of every finished run in `runs` whose outputs DVC still
+    has; a commit's own results that an experiment's record already holds (the same
+    translations, restored from the cache) get none. Returns the records written."""
+    written = []
+    known = {r.outputs_sha256 for r in load_records(folder)} if folder.is_dir() else set()
+    # experiments first, so a commit whose results an experiment reproduced is the duplicate
+    for run in sorted(runs, key=lambda r: (r.rev == r.baseline_rev, r.timestamp)):
+        if run.state != "success":
+            continue
+        path = record_path(run, folder)
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("experiment") == run.rev and old.get("format") == RECORD_FORMAT:
+                continue  # this very run is recorded already
+            if old.get("timestamp", "") > run.timestamp:
+                continue  # a later run of the same name is recorded
+        run.code = code_hash(run.baseline_rev, repo)
+        read_outputs(run, repo)
+        if run.state != "success":
+            log.warning("%s: no record: %s", run.name, run.error)
+            continue
+        if run.rev == run.baseline_rev and run.outputs_sha256 in known:
+            continue
+        known.add(run.outputs_sha256)
+        fsio.write_text(path, json.dumps(to_record(run), indent=1) + "\n")
+        written.append(path)
+    return written
