@@ -1,12 +1,12 @@
 """Helpers for end-to-end tests: a tiny copy of the project run with the real dvc.
 
 The tiny project uses the user-corpus path (data.corpus: files) with the first
-few hundred Multi30k pairs, a 2-layer 32-d model and 2 epochs, so a full
-`dvc repro` takes well under a minute on 2 CPU cores.
+few hundred Multi30k pairs, from the excerpt committed in tests/fixtures/multi30k
+(so no test needs the Multi30k mirror or a download), a 2-layer 32-d model and
+2 epochs, so a full `dvc repro` takes well under a minute on 2 CPU cores.
 """
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
@@ -19,6 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # The Multi30k files: $NMT_DATA_MIRROR as the README sets it, else ../shared beside the project.
 MIRROR = Path(os.environ.get("NMT_DATA_MIRROR") or REPO.parent / "shared" / "data" / "multi30k")
+# The first 800 train, 60 val and 60 test (test_2016_flickr) pairs of Multi30k: {split}.{de,en}.
+MULTI30K_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "multi30k"
 VENV_BIN = Path(sys.executable).parent
 
 TINY = {
@@ -80,9 +82,11 @@ def write_params(project: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
 
 
-def head_lines(gz: Path, n: int) -> list[str]:
-    with gzip.open(gz, "rt", encoding="utf-8") as f:
-        return [next(f) for _ in range(n)]
+def head_lines(path: Path, n: int) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if len(lines) < n:
+        raise ValueError(f"{path} has {len(lines)} lines, {n} asked for")
+    return lines[:n]
 
 
 def make_project(dest: Path, n_train: int = 400, n_eval: int = 60,
@@ -97,11 +101,10 @@ def make_project(dest: Path, n_train: int = 400, n_eval: int = 60,
         if (REPO / name).exists():
             shutil.copy(REPO / name, dest / name)
     corpus = dest / "corpus"
-    for split, gz, n in (("train", "train", n_train), ("val", "val", n_eval),
-                         ("test", "test_2016_flickr", n_eval)):
+    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
         for lang in ("de", "en"):
             (corpus / f"{split}.{lang}").write_text(
-                "".join(head_lines(MIRROR / f"{gz}.{lang}.gz", n)), encoding="utf-8")
+                "".join(head_lines(MULTI30K_FIXTURE / f"{split}.{lang}", n)), encoding="utf-8")
     write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
     run(["git", "init", "-q", "-b", "main"], dest)
     dvc("init", "-q", cwd=dest)

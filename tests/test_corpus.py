@@ -23,9 +23,10 @@ def files_data(files: dict[str, Path], **overrides: object) -> Data:
 
 
 @pytest.fixture
-def mirror_env(monkeypatch: pytest.MonkeyPatch, multi30k_mirror: Path) -> Path:
-    monkeypatch.setenv(corpus.MIRROR_ENV, str(multi30k_mirror))
-    return multi30k_mirror
+def mirror_env(monkeypatch: pytest.MonkeyPatch, fake_multi30k_mirror: Path) -> Path:
+    """$NMT_DATA_MIRROR set to conftest's fake mirror (the committed Multi30k excerpt)."""
+    monkeypatch.setenv(corpus.MIRROR_ENV, str(fake_multi30k_mirror))
+    return fake_multi30k_mirror
 
 
 # --- normalisation and filtering ---------------------------------------------
@@ -105,11 +106,24 @@ def test_missing_file_names_key_and_path(tiny_corpus, tmp_path):
 
 # --- Multi30k ----------------------------------------------------------------
 
-def test_multi30k_from_mirror(mirror_env, tmp_path):
+def test_the_real_multi30k_matches_its_pinned_checksums(multi30k_mirror, tmp_path, monkeypatch):
+    """The real files: from the mirror when there is one, else downloaded (no skip)."""
+    if multi30k_mirror is None:
+        monkeypatch.delenv(corpus.MIRROR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(corpus.MIRROR_ENV, str(multi30k_mirror))
     raw = tmp_path / "raw"
     loaded = corpus.load_corpus(Data(), raw)
     assert sorted(p.name for p in raw.iterdir()) == sorted(corpus.MULTI30K_SHA256)
     assert {k: len(s.src) for k, s in loaded.splits.items()} == {"train": 29000, "val": 1014, "test": 1000}
+    assert loaded.splits["train"].src[0].startswith("Zwei junge weiße Männer")
+
+
+def test_multi30k_from_mirror(mirror_env, tmp_path):
+    raw = tmp_path / "raw"
+    loaded = corpus.load_corpus(Data(), raw)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(corpus.MULTI30K_SHA256)
+    assert {k: len(s.src) for k, s in loaded.splits.items()} == {"train": 800, "val": 60, "test": 60}
     assert loaded.splits["train"].src[0].startswith("Zwei junge weiße Männer")
     assert loaded.splits["train"].tgt[0].startswith("Two young, White males")
 
@@ -142,17 +156,17 @@ def test_wrong_cached_file_is_fetched_again(mirror_env, tmp_path):
     assert (raw / "val.en.gz").read_bytes() == (mirror_env / "val.en.gz").read_bytes()
 
 
-def test_relative_mirror_path(multi30k_mirror, tmp_path, monkeypatch):
+def test_relative_mirror_path(fake_multi30k_mirror, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(multi30k_mirror, "mirror")
+    shutil.copytree(fake_multi30k_mirror, "mirror")
     monkeypatch.setenv(corpus.MIRROR_ENV, "mirror")
     corpus.fetch_multi30k(Path("data/raw"))
     assert len(list(Path("data/raw").iterdir())) == 6
 
 
-def test_checksum_mismatch_names_file_and_hashes(multi30k_mirror, tmp_path, monkeypatch):
+def test_checksum_mismatch_names_file_and_hashes(fake_multi30k_mirror, tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
-    shutil.copytree(multi30k_mirror, mirror)
+    shutil.copytree(fake_multi30k_mirror, mirror)
     bad = mirror / "val.de.gz"
     bad.chmod(0o644)
     bad.write_bytes(gzip.compress(b"Ein Hund.\n"))
@@ -166,9 +180,9 @@ def test_checksum_mismatch_names_file_and_hashes(multi30k_mirror, tmp_path, monk
     assert sorted(p.name for p in raw.iterdir()) == ["train.de.gz", "train.en.gz"]  # no half file
 
 
-def test_missing_mirror_file_names_path(multi30k_mirror, tmp_path, monkeypatch):
+def test_missing_mirror_file_names_path(fake_multi30k_mirror, tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
-    shutil.copytree(multi30k_mirror, mirror)
+    shutil.copytree(fake_multi30k_mirror, mirror)
     (mirror / "test_2016_flickr.en.gz").unlink()
     monkeypatch.setenv(corpus.MIRROR_ENV, str(mirror))
     with pytest.raises(UserError, match=f"{mirror / 'test_2016_flickr.en.gz'}: file not found"):
@@ -183,8 +197,9 @@ def test_download_failure_suggests_mirror(tmp_path, monkeypatch):
     assert not list((tmp_path / "raw").glob("*"))
 
 
-def test_download_from_url(multi30k_mirror, tmp_path, monkeypatch):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(multi30k_mirror))
+def test_download_from_url(fake_multi30k_mirror, tmp_path, monkeypatch):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(fake_multi30k_mirror))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         monkeypatch.delenv(corpus.MIRROR_ENV, raising=False)

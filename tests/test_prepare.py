@@ -5,7 +5,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,12 +149,11 @@ def test_prepare_vocab_too_large_fails_cleanly(tiny_corpus, tmp_path):
     assert not list((project / "data").glob(".tmp-*"))  # no half-written folder left behind
 
 
-def test_prepare_checksum_mismatch(multi30k_mirror, tmp_path):
+def test_prepare_checksum_mismatch(tmp_path):
     mirror = tmp_path / "mirror"
-    shutil.copytree(multi30k_mirror, mirror)
-    bad = mirror / "test_2016_flickr.en.gz"
-    bad.chmod(0o644)
-    bad.write_bytes(gzip.compress(b"A man in an orange hat.\n"))
+    mirror.mkdir()
+    bad = mirror / "train.de.gz"  # the first file prepare copies
+    bad.write_bytes(gzip.compress(b"Zwei Hunde.\n"))
     project = tmp_path / "project"
 
     result = run_stage(project, "prepare", {}, mirror=mirror)
@@ -167,11 +165,13 @@ def test_prepare_checksum_mismatch(multi30k_mirror, tmp_path):
 
 
 def test_prepare_and_subsample_multi30k_en_de(multi30k_mirror, tmp_path):
+    """The real Multi30k: from the mirror when there is one, else downloaded (never skipped)."""
     project = tmp_path / "project"
     params = {"data": {"src_lang": "en", "tgt_lang": "de"},
               "tokenizer": {"vocab_size": 1000, "model_type": "bpe"}}
 
-    assert run_stage(project, "prepare", params, mirror=multi30k_mirror).returncode == 0
+    prepared = run_stage(project, "prepare", params, mirror=multi30k_mirror)
+    assert prepared.returncode == 0, prepared.stderr
     assert run_stage(project, "subsample", params).returncode == 0
 
     prepared = project / "data/prepared"

@@ -129,7 +129,6 @@ def test_baseline_is_the_commit_else_the_experiment_named_baseline(commit_has_re
 
 
 # ---- end to end: tiny experiments, the real dvc -----------------------------------------
-needs_mirror = pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
 
 EXPERIMENTS = {"budget": "train.budget_minutes=1e-09", "beam1": "translate.beam_size=1"}
 
@@ -173,7 +172,6 @@ def significance_lines(md: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_report_rows_match_each_experiments_metrics(project):
     md = (project / "reports/experiments.md").read_text()
     rows = table(md, "| experiment | params changed")
@@ -210,7 +208,6 @@ def test_report_rows_match_each_experiments_metrics(project):
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_report_significance_equals_sacrebleu_cli_on_the_saved_translations(project, tmp_path):
     md = (project / "reports/experiments.md").read_text()
     rows, details = table(md, "| experiment | params changed"), significance_lines(md)
@@ -235,7 +232,6 @@ def test_report_significance_equals_sacrebleu_cli_on_the_saved_translations(proj
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_budget_stop_still_gives_a_model_that_translates(project):
     """train.budget_minutes (60 ns) ran out in the first step on any machine: the rest of
     the pipeline ran on the partial epoch's checkpoint, and the run says why it stopped."""
@@ -256,7 +252,6 @@ def test_budget_stop_still_gives_a_model_that_translates(project):
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_report_says_what_is_missing_in_one_line(tmp_path):
     def run_report(cwd: Path) -> subprocess.CompletedProcess:
         return e2e.run([sys.executable, "-m", "nmtlab.report"], cwd, check=False)

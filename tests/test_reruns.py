@@ -10,8 +10,7 @@ import yaml
 
 from . import e2e
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")]
+pytestmark = pytest.mark.e2e
 
 ALL = {"prepare", "subsample", "train", "swa-average", "translate", "bleu", "plots"}
 FROM_SUBSAMPLE = ALL - {"prepare"}

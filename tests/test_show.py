@@ -44,7 +44,6 @@ def md_rows(text: str) -> list[str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
 def test_table_after_the_default_run_fits_160_columns(tmp_path, monkeypatch):
     # As `make repro` in a fresh clone: one dvc repro, nothing committed yet.
     project = e2e.make_project(tmp_path / "proj")
