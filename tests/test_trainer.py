@@ -100,14 +100,19 @@ def test_budget_stops_cleanly_after_a_step(tmp_path):
     assert (tmp_path / "state" / "epochs" / "epoch_001.pt").is_file()
 
 
-def test_early_stopping(tmp_path):
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping(tmp_path, patience):
+    """A learning rate so small that no weight moves (w + 1e-30 * step == w in fp32, no
+    dropout): the validation loss never improves after epoch 1, so the run must stop
+    `patience` epochs later, not run its 6."""
     data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
-    p = make_params(train={"epochs": 6, "early_stopping_patience": 1}, optim={"lr": 10.0},
-                    schedule={"name": "constant"})
+    p = make_params(train={"epochs": 6, "early_stopping_patience": patience},
+                    optim={"lr": 1e-30}, schedule={"name": "constant"})
     progress = trainer(p, data, tmp_path).run()
-    assert progress.stopped_by in ("early_stopping", "epochs")
-    if progress.stopped_by == "early_stopping":
-        assert progress.bad_epochs == 1 and len(progress.epoch_rows) < 6
+    assert progress.stopped_by == "early_stopping"
+    assert len(progress.epoch_rows) == 1 + patience
+    assert progress.best_epoch == 1 and progress.bad_epochs == patience
+    assert len({row["val_loss"] for row in progress.epoch_rows}) == 1
 
 
 def test_fingerprint_ignores_budget_but_not_model_data_code_or_torch(tmp_path, monkeypatch):
