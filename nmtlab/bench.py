@@ -8,9 +8,10 @@ and thread count:
   (MFU) against the dense matmul FLOP/s measured here; and the same step
   written the plain way a tutorial would (torch.nn.Transformer, 128-sentence
   batches in random order, fp32), with the ratio;
-- decoding: sentences/s on the test set, greedy and beam 5, with the decoder's
-  key/value cache and with the recompute-the-prefix baseline (best of two
-  alternating runs each), same outputs;
+- decoding: sentences/s on the test set, greedy and beam 5 (the other settings
+  from params.yaml's `translate`), with the decoder's key/value cache and with
+  the recompute-the-prefix baseline (best of two alternating runs each), same
+  outputs;
 - with --compile (default on CUDA only), the train step under torch.compile too.
 It prints a table and writes reports/bench.json.
 """
@@ -29,14 +30,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nmt import checkpoints, device as devices, fsio, paths
+from nmt import checkpoints, device as devices, fsio, memory, paths
 from nmt.batching import collate, make_batches, padding_fraction
 from nmt.errors import UserError, main_entry
 from nmt.model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
-from nmt.params import Params, load
-from nmt.search import translate_ids
+from nmt.params import Params, Translate, load
+from nmt.search import translate_all
 from nmt.tokenizer import Tokenizers
 from nmt.trainer import Trainer
+
+from . import ct2
 
 log = logging.getLogger("nmt.bench")
 OUT = Path("reports") / "bench.json"
@@ -125,7 +128,8 @@ def bench_compiled(params: Params, cfg: ModelConfig, batches: list, steps: int, 
     warm-up steps, where compilation happens, and steady-state tokens/s against eager."""
     compiled = dataclasses.replace(params, train=dataclasses.replace(params.train, compile=True))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(compiled, cfg, batches, batches[:1], Path(tmp) / "state", "bench")
+        trainer = Trainer(compiled, cfg, batches, batches[:1], Path(tmp) / "state", "bench",
+                          device=device)
         start = time.perf_counter()
         for b in batches[:warmup]:
             trainer.train_step([b])
@@ -145,11 +149,17 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
     cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
                                   tok.shared, tok.pad_id)
     special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
-    ours = make_batches(src, tgt, params.train.batch_tokens, seed=params.seed, **special)
+    batch_tokens = params.train.batch_tokens
+    if batch_tokens == "auto":  # what the train stage would choose on this device
+        batch_tokens = memory.choose_batch_tokens(params, cfg, device,
+                                                  devices.use_bf16(params.train.amp, device),
+                                                  src, tgt, **special)
+    ours = make_batches(src, tgt, batch_tokens, seed=params.seed, **special)
     random.Random(0).shuffle(ours)
     warmup = 3
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(params, cfg, ours, ours[:1], Path(tmp) / "state", "bench")
+        trainer = Trainer(params, cfg, ours, ours[:1], Path(tmp) / "state", "bench",
+                          device=device)
         per_step = time_steps(lambda b: trainer.train_step([b]), ours, steps, warmup, device)
     timed = ours[warmup:warmup + steps]
     tokens = sum(b.n_tgt_tokens for b in timed)
@@ -205,36 +215,31 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
     }
 
 
-def decode_rate(model, tok: Tokenizers, src: list, beam: int, cache: bool, device,
-                batch: int = 128) -> tuple[float, list]:
-    order = sorted(range(len(src)), key=lambda i: -len(src[i]))
-    out: list = [None] * len(src)
+def decode_rate(model, tok: Tokenizers, src: list, cfg: Translate, cache: bool,
+                device) -> tuple[float, list]:
     start = time.perf_counter()
-    for k in range(0, len(order), batch):
-        ids = order[k:k + batch]
-        hyps = translate_ids(model, [src[i] for i in ids], beam_size=beam, length_penalty=0.6,
-                             max_len_a=1.5, max_len_b=10, bos=tok.bos_id, eos=tok.eos_id,
-                             pad=tok.pad_id, device=device, use_cache=cache)
-        for i, h in zip(ids, hyps):
-            out[i] = h
+    out = translate_all(model, src, cfg, bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id,
+                        device=device, use_cache=cache)
     sync(device)
     return len(src) / (time.perf_counter() - start), out
 
 
-def bench_decoding(model, tok: Tokenizers, src: list, device, uncached_sentences: int,
-                   repeats: int = 2) -> dict:
-    """Cached and uncached decoding of the subset alternate `repeats` times; each keeps
-    its best rate, so a slow moment of the machine hits neither side alone."""
+def bench_decoding(model, tok: Tokenizers, src: list, translate: Translate, device,
+                   uncached_sentences: int, repeats: int = 2) -> dict:
+    """Greedy and beam 5 with the other `translate` params as configured. Cached and
+    uncached decoding of the subset alternate `repeats` times; each keeps its best
+    rate, so a slow moment of the machine hits neither side alone."""
     result = {}
     subset = src[:uncached_sentences]
     for beam in (1, 5):
         name = "greedy" if beam == 1 else f"beam{beam}"
-        full_rate, _ = decode_rate(model, tok, src, beam, True, device)
+        cfg = dataclasses.replace(translate, beam_size=beam)
+        full_rate, _ = decode_rate(model, tok, src, cfg, True, device)
         cached_rate = plain_rate = 0.0
         for _ in range(repeats):
-            rate, cached = decode_rate(model, tok, subset, beam, True, device)
+            rate, cached = decode_rate(model, tok, subset, cfg, True, device)
             cached_rate = max(cached_rate, rate)
-            rate, plain = decode_rate(model, tok, subset, beam, False, device)
+            rate, plain = decode_rate(model, tok, subset, cfg, False, device)
             plain_rate = max(plain_rate, rate)
         result[name] = {
             "sentences_per_s": round(full_rate, 2),
@@ -275,6 +280,10 @@ def print_table(r: dict) -> None:
                      f"{d['subset_cached_sentences_per_s']:.1f} vs "
                      f"{d['subset_uncached_sentences_per_s']:.1f} = {d['speedup']:.2f}x, "
                      f"same output: {d['same_output']}"))
+    for name, d in r.get("beam5_ct2", {}).items():
+        rows.append((f"beam 5, {name}: sentences/s, test BLEU",
+                     f"{d['sentences_per_s']:.1f}, BLEU {d['bleu']}  "
+                     f"(same output as pytorch: {d['same_as_pytorch']:.1%})"))
     rows.append(("decode model", r["decode_model"]))
     rows.append(("bench seconds", f"{r['seconds']:.0f}"))
     width = max(len(k) for k, _ in rows)
@@ -316,10 +325,18 @@ def main() -> None:
         decode_model = "untrained (no data/model/averaged.pt): outputs run to the length limit"
     test_src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "test.src"))
     log.info("decoding benchmark on %d test sentences", len(test_src))
-    decoding = bench_decoding(model, tok, test_src, device, args.uncached_sentences)
+    decoding = bench_decoding(model, tok, test_src, params.translate, device,
+                              args.uncached_sentences)
     result = {"device": devices.describe(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "training": training, "decoding": decoding,
-              "decode_model": decode_model, "seconds": round(time.perf_counter() - start, 1)}
+              "decode_model": decode_model}
+    if model_path.exists():  # CTranslate2 exports of the trained model, beside ours
+        log.info("beam 5: this project's search against CTranslate2 float32 and int8")
+        refs_path = paths.PREPARED / "test.tgt"  # absent when the test references are hidden
+        refs = fsio.read_utf8_lines(refs_path) if refs_path.exists() else None
+        result["beam5_ct2"] = ct2.bench(model, model_path, tok, test_src, refs,
+                                        params.translate, device)
+    result["seconds"] = round(time.perf_counter() - start, 1)
     fsio.write_json(OUT, result)
     print_table(result)
 

@@ -20,10 +20,13 @@ rounding differs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,8 @@ import torch
 from nmt import checkpoints, fsio, paths
 from nmt.errors import UserError, main_entry
 from nmt.model import Seq2SeqTransformer
+from nmt.scoring import score
+from nmt.search import translate_all
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
 log = logging.getLogger("nmt.ct2")
@@ -226,6 +231,42 @@ def _best(hyps: list[list[str]], scores: list[float], alpha: float, limit: int) 
         length = len(hyp) + (len(hyp) <= limit)
         return score * length ** RAW_SCORES / ((5 + length) / 6) ** alpha
     return max(zip(hyps, scores), key=lambda h: gnmt(*h))[0]
+
+
+def bench(model, model_path: Path, tok: Tokenizers, src: list[list[int]],
+          refs: list[str] | None, translate, device, repeats: int = 2) -> dict:
+    """Beam-5 sentences/s and test BLEU of this project's cached beam search and of the
+    CTranslate2 float32 and int8 exports of the same model, on the same sentences, with
+    the same threads (best of `repeats` alternating runs each). For `make bench`."""
+    cfg = dataclasses.replace(translate, beam_size=5)
+    settings = dict(beam_size=5, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
+                    max_len_b=cfg.max_len_b, batch_sentences=cfg.batch_sentences)
+    kept = [ids for ids in src if ids]
+    runners = {"pytorch": lambda: translate_all(model, kept, cfg, bos=tok.bos_id,
+                                                 eos=tok.eos_id, pad=tok.pad_id, device=device)}
+    ct2_device = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        for q in QUANTIZATIONS:
+            export(model_path, paths.PREPARED, Path(tmp) / q, q)
+            ct2 = Ct2Model(Path(tmp) / q, device=ct2_device, threads=torch.get_num_threads())
+            runners[f"ct2_{q}"] = lambda m=ct2: m.translate_ids(kept, **settings)
+        best: dict[str, float] = {}
+        outputs: dict[str, list[list[int]]] = {}
+        for _ in range(repeats):
+            for name, run in runners.items():
+                start = time.perf_counter()
+                outputs[name] = run()
+                if ct2_device == "cuda":
+                    torch.cuda.synchronize()
+                best[name] = max(best.get(name, 0.0), len(kept) / (time.perf_counter() - start))
+    result = {}
+    refs = refs and [r for r, ids in zip(refs, src) if ids]
+    for name, hyps in outputs.items():
+        result[name] = {"sentences_per_s": round(best[name], 2), "sentences": len(kept),
+                        "bleu": score(tok.decode_tgt(hyps), refs)["bleu"] if refs else None,
+                        "same_as_pytorch": round(sum(a == b for a, b in zip(
+                            hyps, outputs["pytorch"])) / len(kept), 4)}
+    return result
 
 
 @main_entry
