@@ -1,8 +1,6 @@
 """Matplotlib helpers shared by the plots stage and the experiment report."""
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,34 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import fsio  # noqa: E402
-from .errors import UserError  # noqa: E402
-
-_RERUN = "rerun the stage that wrote it"
-
-
-def read_tsv(path: str | os.PathLike) -> list[dict[str, float]]:
-    """A numeric TSV log (header row, then numbers) as rows of floats; a damaged file is a
-    UserError naming the file, line and column."""
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        try:
-            for row in reader:
-                if None in row or None in row.values():
-                    raise UserError(f"{path}: line {reader.line_num} does not have the header's "
-                                    f"{len(reader.fieldnames or [])} cells; {_RERUN}")
-                cells = {}
-                for column, cell in row.items():
-                    try:
-                        cells[column] = float(cell)
-                    except ValueError:
-                        raise UserError(f"{path}: line {reader.line_num}, column {column!r}: "
-                                        f"{cell[:40]!r} is not a number; {_RERUN}") from None
-                rows.append(cells)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not valid UTF-8 (byte {e.start}); {_RERUN}") from None
-    return rows
-
 
 Series = dict[str, tuple[list[float], list[float]]]  # label -> (x, y)
 

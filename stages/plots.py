@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from nmt import fsio, paths
+from nmt import fsio, paths, trainlog
 from nmt.errors import UserError, main_entry
 from nmt.params import load
-from nmt.plotting import line_plot, read_tsv
+from nmt.plotting import line_plot
 
 
 @main_entry
@@ -17,8 +17,8 @@ def main() -> None:
     params = load()
     fsio.sweep_leftovers(paths.FIGURES)
     name = os.environ.get("DVC_EXP_NAME", "workspace")
-    epochs_tsv, steps_tsv = paths.TRAIN_LOG / "epochs.tsv", paths.TRAIN_LOG / "steps.tsv"
-    epochs, steps = read_tsv(epochs_tsv), read_tsv(steps_tsv)
+    epochs = trainlog.read(paths.TRAIN_LOG / trainlog.EPOCHS_FILE)
+    steps = trainlog.read(paths.TRAIN_LOG / trainlog.STEPS_FILE)
     if not epochs or not steps:
         raise UserError(f"{paths.TRAIN_LOG}: training logs are empty; rerun the train stage")
     x = [r["epoch"] for r in epochs]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from nmt import device as devices, fsio, paths
+from nmt import device as devices, distributed, fsio, memory, paths
 from nmt.batching import make_batches, padding_fraction
 from nmt.errors import UserError, main_entry
 from nmt.fsio import read_utf8_lines
@@ -11,7 +11,9 @@ from nmt.model import ModelConfig
 from nmt.params import load
 from nmt.schedules import check as check_schedule
 from nmt.tokenizer import Tokenizers
-from nmt.trainer import Trainer, fingerprint, publish, stage_code_files
+from nmt.publish import publish
+from nmt.resume import fingerprint, stage_code_files
+from nmt.trainer import Trainer
 
 log = logging.getLogger("nmt.train")
 
@@ -53,9 +55,12 @@ def fit_positions(train: tuple[list, list], val: tuple[list, list], val_path, li
 @main_entry
 def main() -> None:
     params = load()
+    if cmd := distributed.launch_command(params.train, "stages.train"):
+        distributed.launch(cmd)  # this stage again, once per rank, under torchrun
     fsio.sweep_leftovers(paths.TRAIN)  # what a kill left: '.tmp-*' state and epoch files too
     devices.set_threads(params.train.num_threads)
-    device = devices.pick(params.train.device)  # fail fast on cuda-without-CUDA
+    device = devices.pick(params.train.device)  # the one choice; fails fast without CUDA
+    distributed.init(device)
     tok = Tokenizers.load(paths.PREPARED)
     cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
                                   tok.shared, tok.pad_id)
@@ -64,10 +69,19 @@ def main() -> None:
         encode_pairs(tok, paths.SUBSAMPLED / "train.src", paths.SUBSAMPLED / "train.tgt"),
         (val_src, val_tgt), paths.PREPARED / "val.src", cfg.max_positions - 1)
     special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
+    if params.train.batch_tokens == "auto":  # the number, not "auto", goes into the fingerprint
+        params.train.batch_tokens = memory.choose_batch_tokens(
+            params, cfg, device, devices.use_bf16(params.train.amp, device), train_src,
+            train_tgt, **special)
+        params.train.batch_tokens = distributed.smallest(params.train.batch_tokens, device)
     train_batches = make_batches(train_src, train_tgt, params.train.batch_tokens,
                                  seed=params.seed, **special)
     val_batches = make_batches(val_src, val_tgt, params.train.batch_tokens, **special)
-    steps = -(-len(train_batches) // params.train.accum_steps) * params.train.epochs
+    per_step = params.train.accum_steps * distributed.world_size()
+    steps = -(-len(train_batches) // per_step) * params.train.epochs
+    log.info("global batch: %d tokens x %d accumulation x %d rank(s) = %d tokens a step",
+             params.train.batch_tokens, params.train.accum_steps, distributed.world_size(),
+             params.train.batch_tokens * per_step)
     check_schedule(params.schedule, steps)
     log.info("%d training pairs in %d batches (%.1f%% padding), %d validation pairs on %s",
              len(train_src), len(train_batches), 100 * padding_fraction(train_batches, tok.pad_id),
@@ -77,8 +91,12 @@ def main() -> None:
                   paths.PREPARED / "val.src", paths.PREPARED / "val.tgt",
                   *sorted(paths.PREPARED.glob("spm*.model"))]
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
-                      fingerprint(params, data_files, stage_code_files("train")))
-    trainer.run()
+                      fingerprint(params, data_files, stage_code_files("train")), device=device)
+    with memory.out_of_memory_hint(params.train.batch_tokens, params.train.accum_steps, device):
+        trainer.run()
+    distributed.finish()
+    if not distributed.is_main():
+        return
     metrics = publish(trainer, paths.CHECKPOINTS, paths.TRAIN_LOG, paths.TRAIN_METRICS)
     log.info("done: %d epochs (%s), best val loss %.4f at epoch %d, %.1f minutes, "
              "%.0f tokens/s", metrics["epochs"], metrics["stopped_by"], metrics["best_val_loss"],

@@ -24,7 +24,7 @@ from nmt import fsio, params as P
 from nmt.batching import collate
 from nmt.errors import UserError
 from nmt.model import ModelConfig, Seq2SeqTransformer
-from nmt.plotting import read_tsv
+from nmt.trainlog import read as read_tsv
 from nmt.tokenizer import Tokenizers
 from nmt.trainer import NonFiniteLoss, Trainer
 

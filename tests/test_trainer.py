@@ -11,7 +11,8 @@ import yaml
 from nmt import params as P
 from nmt.batching import collate
 from nmt.model import ModelConfig
-from nmt.trainer import NonFiniteLoss, Trainer, fingerprint, stage_code_files
+from nmt.resume import fingerprint, stage_code_files
+from nmt.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nmt import fsio, paths
+from nmt import fsio, paths, trainlog
 from nmt.errors import UserError
 
 from .significance import STATS, sentence_stats
@@ -164,7 +164,7 @@ def read_outputs(run: Run, repo: str = ".") -> None:
 
     try:
         fs = DVCFileSystem(repo, rev=run.rev)
-        run.epochs_tsv = fs.read_text(str(paths.TRAIN_LOG / "epochs.tsv"), encoding="utf-8")
+        run.epochs_tsv = fs.read_text(str(paths.TRAIN_LOG / trainlog.EPOCHS_FILE), encoding="utf-8")
         hyps_text = ""
         bleu = run.params.get("bleu") or {}
         for split in SPLITS:

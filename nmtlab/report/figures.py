@@ -1,8 +1,6 @@
 """The report's figures: a forest plot per metric, and the arms' mean validation curves."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nmt import fsio  # noqa: E402
+from nmt import fsio, trainlog  # noqa: E402
 from nmt.plotting import line_plot  # noqa: E402
 
 from .compare import METRICS, Group  # noqa: E402
@@ -64,7 +62,8 @@ def curves(path: Path, group: Group, column: str, ylabel: str, dpi: int) -> bool
     """Each arm's per-epoch `column`, averaged over its seeds (epochs all its runs reached)."""
     series = {}
     for arm in [a for a in [group.baseline] if a] + group.arms:
-        logs = [_tsv(r.epochs_tsv) for r in arm.runs if r.epochs_tsv]
+        logs = [trainlog.parse(r.epochs_tsv, f"{r.name}: epoch log")
+                for r in arm.runs if r.epochs_tsv]
         logs = [rows for rows in logs if rows]
         if not logs:
             continue
@@ -77,8 +76,3 @@ def curves(path: Path, group: Group, column: str, ylabel: str, dpi: int) -> bool
     line_plot(path, series, title=f"{ylabel.capitalize()} per epoch, mean over seeds",
               xlabel="epoch", ylabel=ylabel, dpi=dpi, shared="same mean curve")
     return True
-
-
-def _tsv(text: str) -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in row.items()}
-            for row in csv.DictReader(io.StringIO(text), delimiter="\t")]
