@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError
-
-ACTIVATIONS = ("relu", "gelu", "swiglu")
-SCHEDULES = ("constant", "exponential", "triangular", "inverse_sqrt", "cosine")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from .errors import UserError, lookup
+from .model import ACTIVATIONS, POSITIONAL_ENCODINGS, ModelSettings
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
 CORPUS_DIR = "corpus"  # a user's own corpus files (data.files) live here: prepare's DVC dep
 
 
@@ -83,20 +83,8 @@ class Subsample:
             raise UserError(f"subsample.fraction: must be in (0, 1], got {self.fraction}")
 
 
-@dataclass
-class Model:
-    d_model: int = 256
-    nhead: int = 4
-    dim_feedforward: int = 1024
-    num_encoder_layers: int = 3
-    num_decoder_layers: int = 3
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation: str = "relu"
-    norm_first: bool = True
-    tie_embeddings: bool = True
-    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_positions: int = 512  # longest sequence a learned positional table covers
+class Model(ModelSettings):
+    """The fields are declared once, beside the model (nmt.model.ModelSettings)."""
 
     def validate(self) -> None:
         for name in ("d_model", "nhead", "dim_feedforward", "num_encoder_layers",
@@ -107,7 +95,8 @@ class Model:
                 f"model.d_model: {self.d_model} is not divisible by model.nhead ({self.nhead})")
         _in_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
-        _choice("model.activation", self.activation, ACTIVATIONS)
+        lookup(ACTIVATIONS, "model.activation", self.activation)
+        lookup(POSITIONAL_ENCODINGS, "model.positional", self.positional)
 
 
 @dataclass
@@ -130,7 +119,7 @@ class Optim:
     sgd_lr: float = 0.01
 
     def validate(self) -> None:
-        _choice("optim.name", self.name, OPTIMIZERS)
+        lookup(OPTIMIZERS, "optim.name", self.name)
         _positive("optim.lr", self.lr)
         _positive("optim.sgd_lr", self.sgd_lr)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -151,7 +140,7 @@ class Schedule:
     plateau_factor: float = 0.5
 
     def validate(self) -> None:
-        _choice("schedule.name", self.name, SCHEDULES)
+        lookup(SCHEDULES, "schedule.name", self.name)
         _at_least("schedule.warmup_steps", self.warmup_steps, 0)
         _in_range("schedule.gamma", self.gamma, 0.0, 1.0, lo_open=True)
         _at_least("schedule.min_lr", self.min_lr, 0.0)
@@ -162,26 +151,38 @@ class Schedule:
 @dataclass
 class Train:
     epochs: int = 20
-    batch_tokens: int = 4096  # source+target tokens (with padding) per batch, at most
+    # source+target tokens (with padding) per batch, at most; auto: the largest whose
+    # training step fits in memory (nmt/memory.py)
+    batch_tokens: int | Literal["auto"] = 4096
     accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     early_stopping_patience: int = 0  # epochs without a better val loss; 0 = off
     keep_checkpoints: int = 5  # last epochs' weights kept for swa-average
+    keep_best: int = 1  # ... and the best epochs' weights by validation loss
+    # A model file this project wrote, copied to init/model.pt by `nmtlab init-from`:
+    # training starts from its weights (optimizer and schedule start fresh).
+    init_from: str = ""
     save_every_steps: int = 0  # resume state every N optimizer steps; 0 = each epoch only
     budget_minutes: float = 0.0  # stop cleanly after this much training time; 0 = no budget
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # not "off": YAML 1.1 reads it as false
     compile: bool = False  # torch.compile the model (any device; slower on a 2-core CPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    nproc_per_node: int = 1  # > 1: data-parallel over this many processes under torchrun
+    nnodes: int = 1  # machines (rendezvous at $MASTER_ADDR:$MASTER_PORT)
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
-        _at_least("train.batch_tokens", self.batch_tokens, 16)
+        _positive("train.nproc_per_node", self.nproc_per_node)
+        _positive("train.nnodes", self.nnodes)
+        if self.batch_tokens != "auto":
+            _at_least("train.batch_tokens", self.batch_tokens, 16)
         if self.accum_steps < 1:
             raise UserError(f"train.accum_steps: must be at least 1, got {self.accum_steps}")
         _at_least("train.grad_clip", self.grad_clip, 0.0)
         _at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
         _positive("train.keep_checkpoints", self.keep_checkpoints)
+        _at_least("train.keep_best", self.keep_best, 0)
         _at_least("train.save_every_steps", self.save_every_steps, 0)
         _at_least("train.budget_minutes", self.budget_minutes, 0.0)
         _at_least("train.num_threads", self.num_threads, 0)
@@ -191,10 +192,15 @@ class Train:
 class Swa:
     last_epochs: int = 1  # average the last N epoch checkpoints; 1 = the last model
     last_fraction: float = 0.0  # if > 0: average the last ceil(fraction * epochs run) instead
+    # Instead of the last epochs: the best_epochs best by validation loss or BLEU
+    # (joeynmt's best checkpoint, fairseq's best-N averaging); none = the last epochs.
+    best_by: Literal["none", "val_loss", "val_bleu"] = "none"
+    best_epochs: int = 1
 
     def validate(self) -> None:
         _positive("swa.last_epochs", self.last_epochs)
         _in_range("swa.last_fraction", self.last_fraction, 0.0, 1.0)
+        _positive("swa.best_epochs", self.best_epochs)
 
 
 @dataclass
@@ -204,9 +210,13 @@ class Translate:
     max_len_a: float = 1.5  # output length limit: a * source length + b
     max_len_b: int = 10
     batch_sentences: int = 128
+    # > 1: decode with the mean log-probabilities of the N epoch checkpoints that
+    # swa-average ranks first (the last, or the best by swa.best_by), not one model
+    ensemble: int = 1
 
     def validate(self) -> None:
         _positive("translate.beam_size", self.beam_size)
+        _positive("translate.ensemble", self.ensemble)
         _at_least("translate.length_penalty", self.length_penalty, 0.0)
         _at_least("translate.max_len_a", self.max_len_a, 0.0)
         _at_least("translate.max_len_b", self.max_len_b, 1)
@@ -265,6 +275,17 @@ class Params:
                     f"swa.last_fraction: {self.swa.last_fraction} of {self.train.epochs} epochs "
                     f"is {wanted} checkpoints, more than train.keep_checkpoints "
                     f"({self.train.keep_checkpoints})")
+        # What swa-average ranks: the last epochs kept, or the best ones kept.
+        kept, n_kept = (("train.keep_best", self.train.keep_best)
+                        if self.swa.best_by == "val_loss" else
+                        ("train.keep_checkpoints", self.train.keep_checkpoints))
+        wanted = [("translate.ensemble", self.translate.ensemble)]
+        if self.swa.best_by != "none":
+            wanted.append(("swa.best_epochs", self.swa.best_epochs))
+        for key, n in wanted:
+            if n > n_kept:
+                raise UserError(f"{key}: {n} checkpoints, more than the {n_kept} that "
+                                f"{kept} keeps")
 
     def group(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))
@@ -333,6 +354,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, key + ".")
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(tp)
+        for member in members:
+            try:
+                return _coerce(member, value, key)
+            except UserError:
+                continue
+        raise UserError(f"{key}: expected {' or '.join(map(_describe, members))}; got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -367,6 +396,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported params type {tp} for {key}")
 
 
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false"}.get(tp, "a string")
+
+
 def _closest(key: str, names: set[str]) -> str | None:
     import difflib
 
@@ -397,8 +432,3 @@ def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = F
     if bad_lo or bad_hi:
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise UserError(f"{key}: must be in {interval}, got {value}")
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")

@@ -30,7 +30,7 @@ def metrics(trainer: Trainer) -> dict[str, Any]:
         "best_val_loss": round(best_val_loss, 5),
         "best_epoch": best_epoch,
         "final_val_loss": rows[-1]["val_loss"] if rows else None,
-        "stopped_by": pr.stopped_by,
+        "stopped_by": pr.stopped_by or "running",  # live metrics, written as epochs end
         "train_minutes": round(pr.wall_seconds / 60, 2),
         "wall_seconds": round(pr.wall_seconds, 1),
         "tokens_seen": pr.tokens_seen,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import device as devices, distributed, resume
+from . import device as devices, distributed, publish, resume
 from .batching import Batch, epoch_order
 from .errors import UserError
 from .loss import linear_cross_entropy
@@ -34,6 +34,7 @@ from .optim import build_optimizer, phase_for_epoch
 from .params import Params
 from .resume import Progress
 from .schedules import LearningRate
+from .trainlog import LiveLog
 
 log = logging.getLogger("nmt.train")
 
@@ -45,15 +46,17 @@ class NonFiniteLoss(UserError):
 class Trainer:
     def __init__(self, params: Params, cfg: ModelConfig, train_batches: list[Batch],
                  val_batches: list[Batch], state_dir: Path, fp: str, *,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), live: LiveLog | None = None):
         """`fp`: the resume fingerprint (resume.fingerprint); `device`: where to train, as
-        the stage picked it from train.device."""
+        the stage picked it from train.device; `live`: where each step's and epoch's row
+        goes as it is made (nmt/trainlog.py)."""
         self.p = params
         self.cfg = cfg
         self.train_batches = train_batches
         self.val_batches = val_batches
         self.state_dir = state_dir
         self.device = device
+        self.live = live if distributed.is_main() else None
         self.bf16 = devices.use_bf16(params.train.amp, self.device)
         # A step's window: accum_steps batches on each rank (nmt/distributed.py).
         self.batches_per_step = params.train.accum_steps * distributed.world_size()
@@ -173,6 +176,18 @@ class Trainer:
             pr.stopped_by, pr.stopped_row = "", {}
         if pr.stopped_by:
             return pr
+        if self.live:
+            self.live.start(pr.epoch_rows, pr.step_rows)
+        try:
+            self._train()
+        finally:
+            if self.live:
+                self.live.close()
+        return pr
+
+    def _train(self) -> None:
+        p, pr = self.p, self.progress
+        budget = p.train.budget_minutes * 60
         self.model.train()
         while pr.epoch <= p.train.epochs:
             epoch = pr.epoch
@@ -182,14 +197,18 @@ class Trainer:
                 self.optimizer = build_optimizer(p.optim, self.model, phase)
                 pr.phase = phase
             order = epoch_order(len(self.train_batches), p.seed, epoch)
+            # disable=None: no bar where stderr is no terminal (a log file, a queued run),
+            # whose \r frames would pile up there; the log line per epoch says what matters.
             bar = tqdm(total=len(order), initial=pr.batch_pos, desc=f"epoch {epoch}",
                        unit="batch", leave=False, dynamic_ncols=True,
-                       disable=not distributed.is_main())
+                       disable=None if distributed.is_main() else True)
             while pr.batch_pos < len(order):
                 t0 = time.perf_counter()
                 window_ids = order[pr.batch_pos:pr.batch_pos + self.batches_per_step]
                 window = [self.train_batches[i] for i in window_ids]
                 loss = self.train_step(window)
+                if self.live:
+                    self.live.step(pr.step_rows[-1])
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
@@ -213,14 +232,13 @@ class Trainer:
             bar.close()
             if pr.batch_pos < len(order):  # the budget stopped it mid-epoch
                 self._stop_mid_epoch()
-                return pr
+                return
             self._end_epoch()
             if pr.stopped_by:
                 break
         if not pr.stopped_by:
             pr.stopped_by = "epochs"
         self.save_state()
-        return pr
 
     def _stop_mid_epoch(self) -> None:
         """Validate and keep the weights where the budget stopped, and save the state at
@@ -232,6 +250,8 @@ class Trainer:
         if distributed.is_main():
             resume.save_stopped_weights(self.state_dir, pr, self.cfg, self.model)
         self.save_state()
+        if self.live:
+            self.live.epoch(pr.stopped_row, publish.metrics(self))
 
     def _validate(self) -> float:
         t0 = time.perf_counter()
@@ -273,6 +293,8 @@ class Trainer:
         if patience and pr.bad_epochs >= patience and not pr.stopped_by:
             pr.stopped_by = "early_stopping"
             log.info("early stopping: no better validation loss for %d epochs", patience)
+        if self.live:
+            self.live.epoch(row, publish.metrics(self))
         pr.epoch += 1
         pr.batch_pos = 0
         pr.epoch_nll = pr.epoch_seconds = 0.0
