@@ -128,6 +128,15 @@ def test_multi30k_from_mirror(mirror_env, tmp_path):
     assert loaded.splits["train"].tgt[0].startswith("Two young, White males")
 
 
+def test_an_earlier_runs_data_raw_serves_as_the_mirror(mirror_env, tmp_path, monkeypatch):
+    """What the README tells a user without internet: NMT_DATA_MIRROR=<earlier clone>/data/raw."""
+    earlier = tmp_path / "earlier" / "data" / "raw"
+    first = corpus.load_corpus(Data(), earlier)
+    monkeypatch.setenv(corpus.MIRROR_ENV, str(earlier))
+    again = corpus.load_corpus(Data(), tmp_path / "fresh" / "data" / "raw")
+    assert again.splits == first.splits
+
+
 def test_multi30k_en_de_swaps_sides(mirror_env, tmp_path):
     loaded = corpus.load_corpus(Data(src_lang="en", tgt_lang="de"), tmp_path / "raw")
     assert (loaded.src_lang, loaded.tgt_lang) == ("en", "de")
