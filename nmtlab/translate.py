@@ -16,12 +16,13 @@ data/prepared/test.src gives data/translations/test.hyp byte for byte.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-from nmt import checkpoints, device as devices, fsio, paths
+from nmt import checkpoints, device as devices, ensemble, fsio, paths
 from nmt.corpus import normalise
 from nmt.errors import UserError, main_entry
 from nmt.params import Params, from_dict, load
@@ -65,10 +66,16 @@ def fetch_experiment(rev: str, into: Path) -> Path:
         return True
 
     get("params.yaml")
-    get(str(MODEL))
     if not get(str(paths.PREPARED / SHARED_MODEL), required=False):
         get(str(paths.PREPARED / SRC_MODEL))
         get(str(paths.PREPARED / TGT_MODEL))
+    get(str(MODEL))
+    n = experiment_params(into).translate.ensemble
+    if n > 1:  # the members nmt.ensemble.load takes
+        get(str(paths.MODEL / "info.json"))
+        ranked = json.loads((into / paths.MODEL / "info.json").read_text())["ranked_epochs"]
+        for e in ranked[:n]:
+            get(str(checkpoints.epoch_path(paths.CHECKPOINTS, e)))
     return into
 
 
@@ -82,12 +89,14 @@ def experiment_params(root: Path) -> Params:
 
 def translate_with_model(root: Path, params: Params, lines: list[str], device_name: str,
                          model_path: Path | None, progress: bool) -> list[str]:
-    model_path = model_path or root / MODEL
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: no trained model; run the pipeline (`dvc repro`) first, "
-                        f"or name one with --model or --exp")
+    if not (model_path or root / MODEL).is_file():
+        raise UserError(f"{model_path or MODEL}: no trained model; run the pipeline "
+                        f"(`dvc repro`) first, or name one with --model or --exp")
     device = devices.pick(device_name)
-    model, _ = checkpoints.load_model(model_path, device)
+    if model_path:
+        model, _ = checkpoints.load_model(model_path, device)
+    else:  # as the translate stage: the averaged model or translate.ensemble's members
+        model, model_path = ensemble.load(root, params.translate.ensemble, device)
     tok = Tokenizers.load(root / paths.PREPARED)
     if (model.cfg.src_vocab_size, model.cfg.tgt_vocab_size) != (tok.src_vocab_size,
                                                                 tok.tgt_vocab_size):
