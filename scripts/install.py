@@ -36,8 +36,9 @@ CONSTRAINTS = ROOT / "constraints.txt"
 TESTED_PYTHON = (3, 11)
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROBE_TIMEOUT_S = 5.0
-# Packages that differ between the CPU and the CUDA build of torch: never in the lock.
-TORCH_VARIANT = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+# Names of the packages the CUDA build of torch pulls in (CUDA libraries, triton); kept out
+# of the lock when only torch needs them. (nvidia-ml-py, which dvclive needs, stays.)
+CUDA_ONLY = re.compile(r"^(triton|nvidia-.*|cuda-.*)$")
 
 
 class SetupError(Exception):
@@ -144,30 +145,34 @@ def requirement_names(*files: Path) -> list[str]:
 
 
 def lock_lines(roots: list[str]) -> list[str]:
-    """`name==version` of the installed distributions the roots need, transitively, minus
-    the torch-variant ones (they differ between the CPU and CUDA builds)."""
+    """`name==version` of the installed distributions the roots need, transitively, except
+    torch and what only torch's CUDA build needs (they differ between the builds)."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pinned: dict[str, str] = {}
-    todo = [canonicalize_name(name) for name in roots]
-    while todo:
-        name = todo.pop()
-        if name in pinned:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            raise SetupError(f"{name}: required but not installed in {sys.prefix}") from None
-        pinned[name] = dist.version
-        for spec in dist.requires or []:
-            req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(req.name))
-    return [f"{name}=={version}" for name, version in sorted(pinned.items())
-            if not TORCH_VARIANT.match(name)]
+    def closure(names: list[str], skip: str | None = None) -> dict[str, str]:
+        found: dict[str, str] = {}
+        todo = [canonicalize_name(name) for name in names]
+        while todo:
+            name = todo.pop()
+            if name in found or name == skip:
+                continue
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                raise SetupError(f"{name}: required but not installed in {sys.prefix}") from None
+            found[name] = dist.version
+            for spec in dist.requires or []:
+                req = Requirement(spec)
+                if req.marker is None or req.marker.evaluate({"extra": ""}):
+                    todo.append(canonicalize_name(req.name))
+        return found
+
+    everything, without_torch = closure(roots), closure(roots, skip="torch")
+    return [f"{name}=={version}" for name, version in sorted(everything.items())
+            if name != "torch" and (name in without_torch or not CUDA_ONLY.match(name))]
 
 
 def write_lock() -> None:
