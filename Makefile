@@ -76,8 +76,9 @@ queue-hypotheses: setup
 # when this starts their worker; keep train.num_threads at 0 so it applies
 # (changing that param would retrain every experiment).
 run-queue: setup
+	cores=$$(nproc 2>/dev/null || sysctl -n hw.ncpu); \
 	export PATH=$(abspath $(VENV))/bin:$$PATH \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))}; \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$cores / $(JOBS) > 0 ? $$cores / $(JOBS) : 1 ))}; \
 	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
 	$(DVC) queue status; $(VENV)/bin/nmtlab show; exit $$status
 
