@@ -5,13 +5,22 @@ import errno
 import functools
 import logging
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
 
 log = logging.getLogger("nmt")
+T = TypeVar("T")
 
 
 class UserError(Exception):
     """Bad input or an impossible request; the message names the file or key."""
+
+
+def lookup(registry: dict[str, T], key: str, name: str) -> T:
+    """registry[name]; an unknown name is a UserError naming `key` and the choices,
+    the same line the params schema gives (never a silent default)."""
+    if name not in registry:
+        raise UserError(f"{key}: unknown value {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
 
 
 def setup_logging() -> None:

@@ -3,27 +3,36 @@
 Shapes: B batch, S source length, T target length, D d_model, H heads,
 K = D / H head size, V vocabulary size.
 
+The `model` group of params.yaml is declared here (`ModelSettings`), and each
+enumerated choice of it is a registry here (`ACTIVATIONS`,
+`POSITIONAL_ENCODINGS`): the params schema accepts exactly a registry's keys,
+and the layers build from the registry's entry, so a name cannot be accepted
+without an implementation, and an unknown name is an error, never a default.
+
 Decoding reuses past keys and values: `start_decoding()` projects the encoder
 output once into each layer's cross-attention keys/values, and `decode_step()`
-feeds one new token per sentence, writing its self-attention key/value into a
-preallocated cache instead of recomputing the prefix.
+feeds one new token per row through the same layers, each self-attention
+appending its key/value to its `LayerCache` instead of recomputing the prefix.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import lookup
+
 
 @dataclass
-class ModelConfig:
-    src_vocab_size: int
-    tgt_vocab_size: int
-    pad_id: int = 0
+class ModelSettings:
+    """The `model` group of params.yaml: the network a user chooses (nmt.params checks
+    the values; a checkpoint stores them in its ModelConfig)."""
+
     d_model: int = 256
     nhead: int = 4
     dim_feedforward: int = 1024
@@ -31,19 +40,28 @@ class ModelConfig:
     num_decoder_layers: int = 3
     dropout: float = 0.1
     attention_dropout: float = 0.0
-    activation: str = "relu"
+    activation: str = "relu"  # a key of ACTIVATIONS
     norm_first: bool = True
     tie_embeddings: bool = True
+    positional: str = "sinusoidal"  # a key of POSITIONAL_ENCODINGS
+    max_positions: int = 512  # longest sequence a learned positional table covers
+
+
+@dataclass(kw_only=True)
+class ModelConfig(ModelSettings):
+    """What builds a model and what a checkpoint stores: the settings plus what the
+    tokenizer fixes."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    pad_id: int = 0
     share_vocab: bool = True  # source and target use one vocabulary: one embedding table
-    positional: str = "sinusoidal"
-    max_positions: int = 512
 
     @classmethod
-    def from_params(cls, model_params, src_vocab_size: int, tgt_vocab_size: int,
+    def from_params(cls, model_params: ModelSettings, src_vocab_size: int, tgt_vocab_size: int,
                     share_vocab: bool, pad_id: int) -> "ModelConfig":
-        fields = dataclasses.asdict(model_params)
         return cls(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
-                   share_vocab=share_vocab, pad_id=pad_id, **fields)
+                   share_vocab=share_vocab, pad_id=pad_id, **dataclasses.asdict(model_params))
 
 
 def cpu_dropout(x: Tensor, p: float) -> Tensor:
@@ -128,17 +146,21 @@ class Attention(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(self, x: Tensor, *, memory: Tensor | None = None, mask: Tensor | None = None,
-                causal: bool = False, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                causal: bool = False, kv: tuple[Tensor, Tensor] | None = None,
+                past: LayerCache | None = None) -> Tensor:
         """x (B, L, D); mask broadcastable to (B, H, L, L_kv), True = may attend.
 
         Cross-attention takes the encoder output as `memory`, or its projected
-        keys/values as `kv` when they are computed once and reused.
+        keys/values as `kv` when they are computed once and reused. Self-attention
+        given `past` appends x's keys/values to it and attends to all of them.
         """
         if self.cross:
             q = self._heads(self.q_proj(x))
             k, v = kv if kv is not None else self.project_kv(memory)
         else:
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            if past is not None:
+                k, v = past.append(k, v)
         p = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and torch.is_grad_enabled():
             y = explicit_attention(q, k, v, mask, causal, p)
@@ -149,18 +171,34 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, n, h * kd))
 
 
-class FeedForward(nn.Module):
-    """Position-wise MLP: relu, gelu, or SwiGLU (Shazeer, 2020).
+@dataclass(frozen=True)
+class Activation:
+    """A feed-forward activation: fn(up(x)), or, gated, fn(gate(x)) * up(x)."""
 
-    SwiGLU has three matrices, so its hidden size is 2/3 of dim_feedforward to
-    keep the parameter count equal to the two-matrix variants.
+    fn: Callable[[Tensor], Tensor]
+    gated: bool = False
+
+
+# model.activation: its allowed values are this registry's keys.
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(F.relu),
+    "gelu": Activation(F.gelu),
+    "swiglu": Activation(F.silu, gated=True),  # Shazeer, 2020
+}
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP with an activation from ACTIVATIONS.
+
+    A gated one (SwiGLU) has three matrices, so its hidden size is 2/3 of
+    dim_feedforward to keep the parameter count equal to the two-matrix variants.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.activation = cfg.activation
+        self.activation = lookup(ACTIVATIONS, "model.activation", cfg.activation)
         hidden = cfg.dim_feedforward
-        if cfg.activation == "swiglu":
+        if self.activation.gated:
             hidden = max(1, int(2 * hidden / 3))
             self.gate = nn.Linear(cfg.d_model, hidden)
         self.up = nn.Linear(cfg.d_model, hidden)
@@ -168,12 +206,10 @@ class FeedForward(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.activation == "swiglu":
-            h = F.silu(self.gate(x)) * self.up(x)
-        elif self.activation == "gelu":
-            h = F.gelu(self.up(x))
+        if self.activation.gated:
+            h = self.activation.fn(self.gate(x)) * self.up(x)
         else:
-            h = F.relu(self.up(x))
+            h = self.activation.fn(self.up(x))
         return self.down(self.drop(h))
 
 
@@ -210,9 +246,17 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Sublayer(cfg, Attention(cfg, cross=True))
         self.ffn = Sublayer(cfg, FeedForward(cfg))
 
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor) -> Tensor:
-        x = self.self_attn(x, causal=True)
-        x = self.cross_attn(x, kv=memory_kv, mask=src_mask)
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                past: LayerCache | None = None) -> Tensor:
+        """x (R, T, D): a whole target prefix (causal), or with `past` the next token
+        of each row after the ones `past` holds.
+
+        memory_kv and src_mask have N <= R rows: R = N * group rows, sentence-major,
+        attend to their sentence's one copy of the memory, as `group` queries of it.
+        """
+        x = self.self_attn(x, causal=past is None, past=past)
+        n = src_mask.shape[0]
+        x = self.cross_attn(x.view(n, -1, x.shape[-1]), kv=memory_kv, mask=src_mask).view(x.shape)
         return self.ffn(x)
 
 
@@ -225,6 +269,41 @@ def sinusoidal_table(n: int, d: int) -> Tensor:
     return table
 
 
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoids (Vaswani et al., 2017); they extend to any length."""
+
+    max_length = None
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model),
+                             persistent=False)
+
+    def forward(self, start: int, n: int, device: torch.device) -> Tensor:
+        """Positions start .. start + n - 1 -> (n, D)."""
+        if start + n > self.table.shape[0]:
+            self.table = sinusoidal_table(2 * (start + n), self.table.shape[1]).to(device)
+        return self.table[start:start + n]
+
+
+class LearnedPositions(nn.Embedding):
+    """A trained table of model.max_positions rows: longer sequences are cut to fit."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.max_positions, cfg.d_model)
+        self.max_length = cfg.max_positions
+
+    def forward(self, start: int, n: int, device: torch.device) -> Tensor:
+        return super().forward(torch.arange(start, start + n, device=device))
+
+
+# model.positional: its allowed values are this registry's keys.
+POSITIONAL_ENCODINGS: dict[str, type[nn.Module]] = {
+    "sinusoidal": SinusoidalPositions,
+    "learned": LearnedPositions,
+}
+
+
 class Embedding(nn.Module):
     """Token embedding scaled by sqrt(D), plus positions, then dropout."""
 
@@ -232,27 +311,37 @@ class Embedding(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.scale = math.sqrt(cfg.d_model)
-        self.learned = cfg.positional == "learned"
-        if self.learned:
-            self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
-        else:
-            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model),
-                                 persistent=False)
+        self.positions = lookup(POSITIONAL_ENCODINGS, "model.positional", cfg.positional)(cfg)
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
-        n = ids.shape[1]
-        if self.learned:
-            pos = self.positions(torch.arange(start, start + n, device=ids.device))
-        else:
-            if start + n > self.table.shape[0]:  # sinusoids extend to any length
-                self.table = sinusoidal_table(2 * (start + n), self.table.shape[1]).to(ids.device)
-            pos = self.table[start:start + n]
+        pos = self.positions(start, ids.shape[1], ids.device)
         return self.drop(self.tokens(ids) * self.scale + pos)
 
 
+class LayerCache:
+    """One decoder layer's decoding state: its cross-attention keys/values of the
+    memory, and preallocated buffers of its self-attention keys/values so far."""
+
+    def __init__(self, owner: DecoderCache, memory_kv: tuple[Tensor, Tensor], k: Tensor,
+                 v: Tensor):
+        self.owner = owner  # holds the rows in use and the tokens fed so far
+        self.memory_kv = memory_kv  # each (N, H, S, K), one row per sentence
+        # Each (N * group, H, max_len, K); rows beyond `owner.rows` and positions
+        # beyond `owner.length` are stale (never read before written).
+        self.k = k
+        self.v = v
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new token's keys/values (R, H, 1, K); return all so far (R, H, t + 1, K)."""
+        r, t = self.owner.rows, self.owner.length
+        self.k[:r, :, t] = k[:, :, 0]
+        self.v[:r, :, t] = v[:, :, 0]
+        return self.k[:r, :, :t + 1], self.v[:r, :, :t + 1]
+
+
 class DecoderCache:
-    """Per-layer decoding state: cross-attention K/V and preallocated self K/V buffers.
+    """Decoding state of all decoder layers (LayerCache each) and the source mask.
 
     Rows are sentence-major in groups of `group` (the beams of one sentence); the
     cross-attention keys/values and source mask have one row per sentence, so a
@@ -260,14 +349,11 @@ class DecoderCache:
     """
 
     def __init__(self, memory_kv: list[tuple[Tensor, Tensor]], src_mask: Tensor,
-                 self_k: list[Tensor], self_v: list[Tensor], group: int = 1):
-        self.memory_kv = memory_kv  # each (N, H, S, K), one row per sentence
+                 new_buffer: Callable[[], Tensor], group: int = 1):
+        """new_buffer() -> an empty (N * group, H, max_len, K) tensor."""
+        self.layers = [LayerCache(self, kv, new_buffer(), new_buffer()) for kv in memory_kv]
         self.src_mask = src_mask  # (N, 1, 1, S)
-        # Each (N * group, H, max_len, K); rows beyond `rows` and positions beyond
-        # `length` are stale (never read before written).
-        self.self_k = self_k
-        self.self_v = self_v
-        self.spare = torch.empty_like(self_k[0])  # where `select` gathers into
+        self.spare = new_buffer()  # where `select` gathers into
         self.group = group
         self.rows = src_mask.shape[0] * group  # batch rows in use
         self.length = 0  # tokens fed so far
@@ -280,12 +366,13 @@ class DecoderCache:
         reorder beams within their sentences, whose encoder keys/values stay.
         """
         if sentences is not None:
-            self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences))
-                              for k, v in self.memory_kv]
             self.src_mask = self.src_mask.index_select(0, sentences)
-        for buffers in (self.self_k, self.self_v):
-            for i, buf in enumerate(buffers):
-                buffers[i] = self._select_filled(buf, index)
+        for layer in self.layers:
+            if sentences is not None:
+                k, v = layer.memory_kv
+                layer.memory_kv = (k.index_select(0, sentences), v.index_select(0, sentences))
+            layer.k = self._select_filled(layer.k, index)
+            layer.v = self._select_filled(layer.v, index)
         self.rows = len(index)
 
     def _select_filled(self, buf: Tensor, index: Tensor) -> Tensor:
@@ -364,40 +451,18 @@ class Seq2SeqTransformer(nn.Module):
     def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int,
                        group: int = 1) -> DecoderCache:
         """memory (N, S, D) and src_mask of N sentences, decoded in `group` rows each."""
-        b = memory.shape[0] * group
         h, kd = self.cfg.nhead, self.cfg.d_model // self.cfg.nhead
-        shape = (b, h, max_len, kd)
-        n = len(self.decoder)
-        return DecoderCache(
-            memory_kv=[layer.cross_attn.block.project_kv(memory) for layer in self.decoder],
-            src_mask=src_mask,
-            self_k=[memory.new_empty(shape) for _ in range(n)],
-            self_v=[memory.new_empty(shape) for _ in range(n)],
-            group=group,
-        )
+        shape = (memory.shape[0] * group, h, max_len, kd)
+        return DecoderCache([layer.cross_attn.block.project_kv(memory) for layer in self.decoder],
+                            src_mask, lambda: memory.new_empty(shape), group)
 
     @torch.no_grad()
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
-        """Feed one token per row, tokens (B,), -> next-token logits (B, V)."""
-        t = cache.length
-        x = self.tgt_embed(tokens[:, None], start=t)  # (B, 1, D)
-        for i, layer in enumerate(self.decoder):
-            attn = layer.self_attn
-            h = attn.norm(x) if attn.norm_first else x
-            block = attn.block
-            q, k, v = (block._heads(z) for z in block.qkv_proj(h).chunk(3, dim=-1))
-            r = cache.rows
-            cache.self_k[i][:r, :, t] = k[:, :, 0]
-            cache.self_v[i][:r, :, t] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(
-                q, cache.self_k[i][:r, :, :t + 1], cache.self_v[i][:r, :, :t + 1])
-            y = block.out_proj(y.transpose(1, 2).reshape(x.shape))
-            x = x + y if attn.norm_first else attn.norm(x + y)
-            # A sentence's beams: `group` queries against its one copy of the memory.
-            x = layer.cross_attn(x.view(r // cache.group, cache.group, -1),
-                                 kv=cache.memory_kv[i], mask=cache.src_mask).view(x.shape)
-            x = layer.ffn(x)
-        cache.length = t + 1
+        """Feed one token per row, tokens (R,), -> next-token logits (R, V)."""
+        x = self.tgt_embed(tokens[:, None], start=cache.length)  # (R, 1, D)
+        for layer, past in zip(self.decoder, cache.layers):
+            x = layer(x, past.memory_kv, cache.src_mask, past=past)
+        cache.length += 1
         return self.out_proj(self.dec_norm(x))[:, 0]
 
 

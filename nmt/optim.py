@@ -15,10 +15,37 @@ phase keeps the same decay.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+from .errors import lookup
+
 PHASES = ("main", "sgd")
+
+
+def _adam(groups: list[dict], optim_params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=lr, betas=tuple(optim_params.betas), eps=optim_params.eps,
+                            fused=True)
+
+
+def _adamw(groups: list[dict], optim_params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_params.betas),
+                             eps=optim_params.eps, fused=True)
+
+
+def _sgd(groups: list[dict], optim_params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=optim_params.momentum, nesterov=False,
+                           fused=True)
+
+
+# optim.name: its allowed values are this registry's keys; each builds (groups, optim, lr).
+OPTIMIZERS: dict[str, Callable[[list[dict], object, float], torch.optim.Optimizer]] = {
+    "adam": _adam,
+    "adamw": _adamw,
+    "sgd": _sgd,
+}
 
 
 def phase_for_epoch(optim_params, epoch: int) -> str:
@@ -51,10 +78,7 @@ def build_optimizer(optim_params, model: nn.Module, phase: str = "main") -> torc
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     groups = parameter_groups(model, optim_params.weight_decay)
-    if phase == "sgd" or optim_params.name == "sgd":
-        lr = optim_params.sgd_lr if phase == "sgd" else optim_params.lr
-        return torch.optim.SGD(groups, lr=lr, momentum=optim_params.momentum, nesterov=False,
-                               fused=True)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim_params.name]
-    return cls(groups, lr=optim_params.lr, betas=tuple(optim_params.betas), eps=optim_params.eps,
-               fused=True)
+    if phase == "sgd":
+        return _sgd(groups, optim_params, optim_params.sgd_lr)
+    build = lookup(OPTIMIZERS, "optim.name", optim_params.name)
+    return build(groups, optim_params, optim_params.lr)

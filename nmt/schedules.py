@@ -33,18 +33,54 @@ included. Unlike torch it has no lower bound: the scale keeps halving.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
-from .errors import UserError
+from .errors import UserError, lookup
 from .optim import phase_for_epoch
 
-WARMUP_SCHEDULES = ("triangular", "inverse_sqrt", "cosine")
 PLATEAU_THRESHOLD = 1e-4  # torch's default: better means below best · (1 - 1e-4)
+
+
+class Curve(NamedTuple):
+    """A schedule: rate(lr, step), the rate after any warm-up, and whether it warms up."""
+
+    rate: Callable[["LearningRate", int], float]
+    warms_up: bool
+
+
+def _progress(lr: "LearningRate", step: int) -> float:
+    """0 at the end of warm-up, 1 at total_steps."""
+    return min(1.0, (step - lr.warmup) / (lr.total_steps - lr.warmup))
+
+
+def _triangular(lr: "LearningRate", step: int) -> float:
+    peak, low = lr.optim.lr, lr.schedule.min_lr
+    return peak + (low - peak) * _progress(lr, step)
+
+
+def _cosine(lr: "LearningRate", step: int) -> float:
+    peak, low = lr.optim.lr, lr.schedule.min_lr
+    return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * _progress(lr, step)))
+
+
+# schedule.name: its allowed values are this registry's keys.
+SCHEDULES: dict[str, Curve] = {
+    "constant": Curve(lambda lr, step: lr.optim.lr, warms_up=False),
+    "exponential": Curve(lambda lr, step: lr.optim.lr * lr.schedule.gamma
+                         ** (step // lr.steps_per_epoch), warms_up=False),
+    "triangular": Curve(_triangular, warms_up=True),
+    "inverse_sqrt": Curve(lambda lr, step: lr.optim.lr * math.sqrt(max(lr.warmup, 1)
+                                                                    / max(step, 1)),
+                          warms_up=True),
+    "cosine": Curve(_cosine, warms_up=True),
+}
 
 
 def check(schedule_params, total_steps: int) -> None:
     """Raise UserError when a warm-up would not end before training does."""
     warmup = schedule_params.warmup_steps
-    if schedule_params.name in WARMUP_SCHEDULES and warmup >= total_steps:
+    curve = lookup(SCHEDULES, "schedule.name", schedule_params.name)
+    if curve.warms_up and warmup >= total_steps:
         raise UserError(f"schedule.warmup_steps: {warmup} is longer than training "
                         f"({total_steps} optimizer steps)")
 
@@ -68,8 +104,8 @@ class LearningRate:
         self.optim = optim_params
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
-        warms_up = schedule_params.name in WARMUP_SCHEDULES
-        self.warmup = schedule_params.warmup_steps if warms_up else 0
+        self.curve = lookup(SCHEDULES, "schedule.name", schedule_params.name)
+        self.warmup = schedule_params.warmup_steps if self.curve.warms_up else 0
         self.scale = 1.0  # plateau guard's multiplier
         self.best = math.inf  # best validation loss so far
         self.bad_epochs = 0  # epochs since `best` improved
@@ -83,21 +119,9 @@ class LearningRate:
         return self._schedule(step) * self.scale
 
     def _schedule(self, step: int) -> float:
-        peak, name, w = self.optim.lr, self.schedule.name, self.warmup
-        if step < w:
-            return peak * (step + 1) / w
-        if name == "constant":
-            return peak
-        if name == "exponential":
-            return peak * self.schedule.gamma ** (step // self.steps_per_epoch)
-        if name == "inverse_sqrt":
-            return peak * math.sqrt(max(w, 1) / max(step, 1))
-        # triangular and cosine: progress 0 at the end of warm-up, 1 at total_steps
-        progress = min(1.0, (step - w) / (self.total_steps - w))
-        low = self.schedule.min_lr
-        if name == "triangular":
-            return peak + (low - peak) * progress
-        return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if step < self.warmup:
+            return self.optim.lr * (step + 1) / self.warmup
+        return self.curve.rate(self, step)
 
     def end_epoch(self, epoch: int, val_loss: float) -> bool:
         """Feed the plateau guard epoch `epoch`'s validation loss; True if it just cut the lr.

@@ -25,9 +25,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
 
 from .device import autocast
 from .model import Seq2SeqTransformer
+from .params import Translate
+
+
+def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Translate, *,
+                  bos: int, eos: int, pad: int, device: torch.device | str,
+                  use_cache: bool = True, desc: str | None = None) -> list[list[int]]:
+    """Translate any number of sources (ids without bos/eos) with the `translate` params;
+    target ids come back in the input's order, [] for an empty source.
+
+    Sentences are sorted by length (longest first) and decoded in batches of
+    cfg.batch_sentences, so a batch holds similar lengths: little padding, and its
+    sentences finish at about the same step. desc: label of a progress bar (None: no bar).
+    """
+    order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
+    hyps: list[list[int]] = [[] for _ in sources]
+    with tqdm(total=len(order), desc=desc, unit="sentence", disable=desc is None) as bar:
+        for start in range(0, len(order), cfg.batch_sentences):
+            batch = order[start:start + cfg.batch_sentences]
+            out = translate_ids(model, [sources[i] for i in batch], beam_size=cfg.beam_size,
+                                length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
+                                max_len_b=cfg.max_len_b, bos=bos, eos=eos, pad=pad,
+                                device=device, use_cache=use_cache)
+            for i, ids in zip(batch, out):
+                hyps[i] = ids
+            bar.update(len(batch))
+    return hyps
 
 
 def translate_ids(model: Seq2SeqTransformer, src_batch: list[list[int]], *, beam_size: int,
@@ -61,11 +88,11 @@ def batch_sources(model: Seq2SeqTransformer, src_batch: list[list[int]], *, max_
     With learned positions a source is cut to max_positions - 1 tokens (the model has
     no position beyond), as training cuts its pairs.
     """
-    cfg = model.cfg
     max_lens = [int(max_len_a * len(ids) + max_len_b) for ids in src_batch]
-    if cfg.positional == "learned":
-        src_batch = [ids[:cfg.max_positions - 1] for ids in src_batch]
-        max_lens = [min(n, cfg.max_positions - 1) for n in max_lens]
+    positions = model.src_embed.positions.max_length  # None: any length
+    if positions is not None:
+        src_batch = [ids[:positions - 1] for ids in src_batch]
+        max_lens = [min(n, positions - 1) for n in max_lens]
     src = pad_sequence([torch.tensor(ids + [eos]) for ids in src_batch], batch_first=True,
                        padding_value=pad)
     return src.to(device), torch.tensor(max_lens, device=device)
