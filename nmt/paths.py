@@ -9,6 +9,7 @@ TRAIN = DATA / "train"
 CHECKPOINTS = TRAIN / "checkpoints"  # train: epoch_NNN.pt, the last keep_checkpoints epochs
 TRAIN_STATE = TRAIN / "state"  # train: resume state (persist, not cached)
 TRAIN_LOG = TRAIN / "log"  # train: epochs.tsv, steps.tsv (DVC plots)
+TRAIN_LIVE = TRAIN / "live"  # train: DVCLive's files while it runs (not an output)
 TRAIN_METRICS = TRAIN / "metrics.json"
 MODEL = DATA / "model"  # swa-average: averaged.pt, info.json
 TRANSLATIONS = DATA / "translations"  # translate: {val,test}.hyp

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import device as devices, distributed, publish, resume
+from . import checkpoints, device as devices, distributed, publish, resume
 from .batching import Batch, epoch_order
 from .errors import UserError
 from .loss import linear_cross_entropy
@@ -66,6 +66,8 @@ class Trainer:
 
         seed_everything(params.seed)
         self.model = Seq2SeqTransformer(cfg).to(self.device)
+        if params.train.init_from:  # a fresh optimizer and schedule over these weights
+            self.model.load_state_dict(checkpoints.load_init(params.train.init_from, cfg))
         self.features = self.model.features
         if params.train.compile:
             if self.device.type == "cpu":
@@ -85,7 +87,10 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------
     def _resume(self) -> None:
-        found = resume.load(self.state_dir, self.progress.fingerprint)
+        # Rank 0 reads the state and sends it to the others, whose machines may not have it.
+        found = distributed.from_main(
+            resume.load(self.state_dir, self.progress.fingerprint) if distributed.is_main()
+            else None, self.device)
         if found is None:
             return
         path, state = found

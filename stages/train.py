@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from nmt import device as devices, distributed, fsio, memory, paths
 from nmt.batching import make_batches, padding_fraction
@@ -9,11 +10,12 @@ from nmt.errors import UserError, main_entry
 from nmt.fsio import read_utf8_lines
 from nmt.model import ModelConfig
 from nmt.params import load
-from nmt.schedules import check as check_schedule
-from nmt.tokenizer import Tokenizers
 from nmt.publish import publish
 from nmt.resume import fingerprint, stage_code_files
+from nmt.schedules import check as check_schedule
+from nmt.tokenizer import Tokenizers
 from nmt.trainer import Trainer
+from nmt.trainlog import LiveLog
 
 log = logging.getLogger("nmt.train")
 
@@ -90,8 +92,11 @@ def main() -> None:
     data_files = [paths.SUBSAMPLED / "train.src", paths.SUBSAMPLED / "train.tgt",
                   paths.PREPARED / "val.src", paths.PREPARED / "val.tgt",
                   *sorted(paths.PREPARED.glob("spm*.model"))]
+    if params.train.init_from:  # another file there: start over, do not resume
+        data_files.append(Path(params.train.init_from))
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
-                      fingerprint(params, data_files, stage_code_files("train")), device=device)
+                      fingerprint(params, data_files, stage_code_files("train")), device=device,
+                      live=LiveLog(paths.TRAIN_LOG, paths.TRAIN_LIVE, paths.TRAIN_METRICS))
     with memory.out_of_memory_hint(params.train.batch_tokens, params.train.accum_steps, device):
         trainer.run()
     distributed.finish()

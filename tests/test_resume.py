@@ -102,11 +102,15 @@ def outputs(project: Path) -> dict:
         _, state, _ = checkpoints.load_model_file(f)
         weights[f.name] = state
     metrics = json.loads((project / "data/train/metrics.json").read_text())
+    live = project / "data/train/live"
     return {
         "weights": weights,
         "metrics": compared(metrics),
         "epochs": tsv_rows(project / "data/train/log/epochs.tsv"),
         "steps": tsv_rows(project / "data/train/log/steps.tsv"),
+        # DVCLive's files, one per value (timings left out)
+        "live": {str(f.relative_to(live)): f.read_text() for f in sorted(live.rglob("*.tsv"))
+                 if not NOT_COMPARED.search(f.stem)},
     }
 
 
@@ -129,6 +133,9 @@ def assert_same(got: dict, want: dict) -> None:
     assert got["epochs"] == want["epochs"]  # epoch, train_loss, val_loss, val_ppl, lr
     assert len(got["steps"]) == want["metrics"]["steps"]
     assert got["steps"] == want["steps"]
+    assert {"epochs/plots/metrics/val_loss.tsv", "steps/plots/metrics/lr.tsv"} <= \
+        want["live"].keys()
+    assert got["live"] == want["live"]
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +285,33 @@ def test_training_code_edit_retrains_from_scratch(project, reference):
     assert got["weights"].keys() == reference["weights"].keys()
     for name, state in reference["weights"].items():
         assert not all(torch.equal(got["weights"][name][k], t) for k, t in state.items()), name
+
+
+# --- live logs ------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_epoch_log_has_rows_while_training_runs(project, reference):
+    """During `dvc repro`, each epoch's row is in data/train/log/epochs.tsv (and the run's
+    metrics so far in data/train/metrics.json) as the epoch ends; what the finished stage
+    leaves is the same as ever."""
+    log = project.parent / "repro.log"
+    epochs_tsv, metrics = project / "data/train/log/epochs.tsv", project / "data/train/metrics.json"
+    proc = start_repro(project, log)
+    seen, deadline = {}, time.monotonic() + 300
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        try:
+            rows = len(epochs_tsv.read_text().splitlines()) - 1
+            live = json.loads(metrics.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            rows, live = 0, {}
+        if rows > 0 and "done:" not in log.read_text():
+            seen[rows] = live.get("epochs")
+        time.sleep(0.01)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+    # rows 1..5 appeared one by one, each with the live metrics of the same epoch
+    assert set(range(1, 6)) <= seen.keys(), seen
+    assert all(seen[n] in (n, n - 1) for n in range(1, 6)), seen
+    assert "\r" not in log.read_text()  # no progress-bar frames in a log file
+    assert_same(outputs(project), reference)
