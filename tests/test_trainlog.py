@@ -46,13 +46,16 @@ def test_live_log_has_each_row_as_it_is_made(tmp_path):
 
 
 def test_restart_rewrites_the_live_files_from_the_saved_rows(tmp_path):
-    """A run killed after rows the state did not save yet: the restart drops them."""
+    """A run killed after rows the state did not save yet, in the middle of a row: the
+    restart drops them, so no half-written row reaches the stage's outputs."""
     log_dir, live_dir = tmp_path / "log", tmp_path / "live"
     first = trainlog.LiveLog(log_dir, live_dir, tmp_path / "metrics.json")
     first.start([], [])
     for n in (1, 2, 3):
         first.step(step(n))
     first.close()
+    with open(log_dir / trainlog.STEPS_FILE, "a") as f:
+        f.write("4\t0.00")  # a kill in the middle of a row
     again = trainlog.LiveLog(log_dir, live_dir, tmp_path / "metrics.json")
     again.start([], [step(1)])  # the state was saved after step 1
     again.step(step(2))
