@@ -1,8 +1,8 @@
 """Data-parallel training over several processes, launched by torchrun.
 
 `train.nproc_per_node: N` makes the train stage re-run itself under
-`torchrun --nproc_per_node N` (several machines: `train.nnodes` and the first
-machine's address in MASTER_ADDR / MASTER_PORT). Each optimizer step takes a window
+`torchrun --nproc-per-node N` (several machines: `train.nnodes`, with MASTER_ADDR,
+MASTER_PORT and NODE_RANK in each machine's environment). Each optimizer step takes a window
 of accum_steps x ranks batches; every rank trains on its share of the window and
 DistributedDataParallel averages the gradients, so the step equals one process
 summing the whole window's gradients (accum_steps x ranks batches). Every rank
@@ -58,16 +58,16 @@ def launch_command(train: Train, module: str) -> list[str] | None:
            f"--nproc-per-node={train.nproc_per_node}"]
     if train.nnodes == 1:
         cmd.append("--standalone")  # a free local port: queued runs never collide
-    else:
-        addr = os.environ.get("MASTER_ADDR")
-        if not addr:
-            raise UserError(f"train.nnodes: {train.nnodes} machines need MASTER_ADDR (and "
-                            f"MASTER_PORT, default 29500) in the environment: the address of "
-                            f"the first machine, the same on every machine")
-        port = os.environ.get("MASTER_PORT", "29500")
-        cmd += [f"--nnodes={train.nnodes}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={addr}:{port}",
-                f"--rdzv-id={os.environ.get('DVC_EXP_NAME') or 'nmt-train'}"]
+    else:  # static rendezvous: node 0, the machine DVC runs on, holds rank 0, the writer
+        missing = [v for v in ("MASTER_ADDR", "NODE_RANK") if not os.environ.get(v)]
+        if missing:
+            raise UserError(f"train.nnodes: {train.nnodes} machines need {' and '.join(missing)} "
+                            f"in the environment: MASTER_ADDR, the first machine's address (the "
+                            f"same everywhere), NODE_RANK, 0 there and 1..{train.nnodes - 1} on "
+                            f"the others (MASTER_PORT defaults to 29500)")
+        cmd += [f"--nnodes={train.nnodes}", f"--node-rank={os.environ['NODE_RANK']}",
+                f"--master-addr={os.environ['MASTER_ADDR']}",
+                f"--master-port={os.environ.get('MASTER_PORT', '29500')}"]
     return cmd + ["-m", module]
 
 
@@ -148,6 +148,15 @@ def total(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def from_main(obj: T, device: torch.device) -> T:
+    """Rank 0's `obj` on every rank (pickled; tensors included)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
 
 
 def smallest(value: int, device: torch.device) -> int:

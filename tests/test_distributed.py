@@ -165,3 +165,15 @@ def test_killed_two_process_run_resumes_to_the_same_end(prepared, runs, tmp_path
     assert losses(killed) == losses(two)
     wk, w2 = weights(killed), weights(two)
     assert all(torch.equal(wk[k], w2[k]) for k in w2)
+
+
+def test_batch_tokens_auto_trains_with_the_probed_size(prepared, tmp_path):
+    """The stage with train.batch_tokens: auto on this CPU: the size is logged, trained with
+    and recorded (this tiny corpus fits in one batch, so the whole set is the choice)."""
+    auto = copy_with(prepared, tmp_path / "auto", {"batch_tokens": "auto", "epochs": 6})
+    log = train(auto)
+    metrics = json.loads((auto / "data/train/metrics.json").read_text())
+    chosen = metrics["batch_tokens"]
+    assert isinstance(chosen, int) and chosen > 300
+    assert f"train.batch_tokens: auto chose {chosen} tokens on cpu" in log
+    assert metrics["global_batch_tokens"] == chosen
