@@ -234,20 +234,19 @@ def plan(catalogue: list[Hypothesis], seeds: int = 0,
 
 
 def run_states(repo: Path = Path(".")) -> dict[str, str]:
-    """Experiment name -> recorded | success | queued | running | failed | interrupted: the
-    run records, the experiments of the workspace's commit, and the queue's tasks."""
+    """Experiment name -> recorded | success | queued | running | failed: the run records,
+    the experiments DVC shows, and the queue's tasks. (A task left running by a worker that
+    died stays running: `dvc queue kill NAME` marks it failed, to be queued again.)"""
     from nmtlab.report.experiments import RECORDS, dvc_exp_show, parse_exp_show
 
     states = {}
     for run in parse_exp_show(dvc_exp_show(str(repo))):
         if run.rev != run.baseline_rev and run.state in ("success", "failed"):
             states[run.name] = run.state
-    tasks, workers = queue_status(repo)
+    tasks, _ = queue_status(repo)
     for name, status in tasks.values():
         status = status.lower()
-        if status == "running" and not workers:
-            status = "interrupted"  # its worker is gone: a stopped or crashed sweep
-        if status in ("queued", "running", "interrupted") or name not in states:
+        if status in ("queued", "running") or name not in states:
             states[name] = status
     for path in (repo / RECORDS).glob("*.json"):
         states[path.stem] = "recorded"
@@ -257,7 +256,7 @@ def run_states(repo: Path = Path(".")) -> dict[str, str]:
 def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path("."),
           seeds: int = 0, baseline_seeds: int = 0) -> None:
     """Queue the catalogue's runs. With seeds, a run already recorded, finished, queued or
-    running is skipped (unless `force`), and a failed or interrupted one is queued again."""
+    running is skipped (unless `force`), and a failed one is queued again."""
     for warning in preflight(repo):
         print(f"warning: {warning}", file=sys.stderr)
     runs = plan(catalogue, seeds, baseline_seeds)
@@ -269,7 +268,7 @@ def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path(".
         if state in ("recorded", "success", "queued", "running"):
             skipped += 1
             continue
-        cmd = h.command(queue=True, force=force or state in ("failed", "interrupted"),
+        cmd = h.command(queue=True, force=force or state == "failed",
                         dvc=_dvc(), seed=seed)
         proc = _run(cmd, repo)
         if proc.returncode != 0:
@@ -331,7 +330,8 @@ def run_queue(jobs: int = 0, timeout: float = 0.0, poll: float = 5.0,
             last = line
         if not open_:
             break
-        if workers == 0:
+        # `dvc queue status` can count no worker while the last task still runs
+        if workers == 0 and not states.count("Running"):
             no_worker_since = no_worker_since or time.monotonic()
             if time.monotonic() - no_worker_since > 60:
                 raise UserError(f"queue: {open_} experiments wait, but no queue worker runs: "

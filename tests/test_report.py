@@ -1,69 +1,157 @@
-"""The hypothesis report: significance against sacreBLEU's CLI, baseline choice, and end to
-end on tiny experiments made with the real `dvc exp run` (including a budget-stopped one)."""
+"""The hypothesis report: runs grouped into replicates by their params diff minus the seed,
+pooled tests and corrections, the A/A check, forest plots, run records that rebuild the
+report; and end to end on a tiny project with seeds queued by `nmtlab hypotheses queue`."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-import nmtlab.report as report
+from nmtlab import hypotheses
+from nmtlab.report import compare, experiments, markdown
+from nmtlab.report import significance as sig
+from nmtlab.report.__main__ import write_figures
 
 from . import e2e
-from .conftest import synthetic_pairs
+from .test_significance import simulate
 
-SACREBLEU = str(Path(sys.executable).parent / "sacrebleu")
-VERDICTS = {"helps", "hurts", "no significant difference"}
-
-
-def cli_paired_bs(ref: Path, base: Path, exp: Path) -> list[dict]:
-    """`sacrebleu REF -i BASE EXP --paired-bs` as a user runs it: [baseline, system] results."""
-    proc = subprocess.run([SACREBLEU, str(ref), "-i", str(base), str(exp), "--paired-bs",
-                           "-f", "json"], capture_output=True, text=True, check=True)
-    return [entry["BLEU"] for entry in json.loads(proc.stdout)]
+PNG = b"\x89PNG\r\n\x1a\n"
+BASE = {"seed": 1234, "model": {"activation": "relu", "dropout": 0.1}, "bleu": {}}
 
 
-def noisy(lines: list[str], drop: float, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(w for w in line.split() if rng.random() >= drop) for line in lines]
+def make_run(name: str, stats: np.ndarray, val_loss: float, seed: int, **changes) -> \
+        experiments.Run:
+    params = json.loads(json.dumps(BASE))
+    params["seed"] = seed
+    for dotted, v in changes.items():
+        group, key = dotted.split("__")
+        params[group][key] = v
+    epochs = "epoch\ttrain_loss\tval_loss\n" + "".join(
+        f"{e}\t{val_loss + 1 / e}\t{val_loss + 0.5 / e}\n" for e in (1, 2, 3))
+    return experiments.Run(
+        name=name, rev=f"{abs(hash(name)):040x}"[:40], baseline_rev="c" * 40, params=params,
+        base_params=BASE, train={"best_val_loss": val_loss, "epochs": 3, "train_minutes": 2.0,
+                                 "cpu_hours": 0.07, "stopped_by": "epochs"},
+        bleu={"test": {"bleu": round(float(sig.corpus_bleu(stats)), 2), "chrf": 50.0}},
+        timestamp=f"2026-01-01T00:00:{seed:02d}", code="abc", epochs_tsv=epochs,
+        sentences={"test": stats, "val": stats[:50]}, refs_sha256={"test": "r", "val": "v"},
+        outputs_sha256=name)
 
 
-# ---- significance and baseline choice, no dvc -------------------------------------------
-@pytest.mark.parametrize("drop_base, drop_exp", [(0.3, 0.1), (0.2, 0.2), (0.15, 0.2)])
-def test_paired_bootstrap_matches_sacrebleu_cli(tmp_path, drop_base, drop_exp):
-    refs = [en for _, en in synthetic_pairs(200, seed=7)]
-    base, exp = noisy(refs, drop_base, 1), noisy(refs, drop_exp, 2)
-    files = {}
-    for name, text in (("ref", refs), ("base", base), ("exp", exp)):
-        files[name] = tmp_path / f"{name}.txt"
-        files[name].write_text("".join(t + "\n" for t in text), encoding="utf-8")
-    cli_base, cli_exp = cli_paired_bs(files["ref"], files["base"], files["exp"])
-    sig = report.paired_bootstrap(base, exp, refs)
-    assert sig.p_value == pytest.approx(cli_exp["p_value"], abs=1e-12)
-    assert sig.exp_bleu == pytest.approx(cli_exp["score"], abs=1e-9)
-    assert sig.base_bleu == pytest.approx(cli_base["score"], abs=1e-9)
-    assert (sig.exp_mean, sig.exp_ci) == pytest.approx((cli_exp["mean"], cli_exp["ci"]), abs=1e-9)
-    assert (sig.base_mean, sig.base_ci) == pytest.approx((cli_base["mean"], cli_base["ci"]),
-                                                         abs=1e-9)
-    # ΔBLEU's interval comes from the very resamples the CLI drew.
-    assert sig.delta_mean == pytest.approx(cli_exp["mean"] - cli_base["mean"], abs=1e-4)
-    assert sig.delta_low <= sig.delta_mean <= sig.delta_high
-    assert "bs:1000" in sig.signature and "seed:12345" in sig.signature
-    assert report.verdict(sig) in VERDICTS
-    if drop_base == 0.3:
-        assert report.verdict(sig) == "helps" and sig.delta_low > 0
+@pytest.fixture(scope="module")
+def runs() -> list[experiments.Run]:
+    """6 baseline seeds; gelu (3 seeds) far better; a plain sweep of dropout (3 seeds, auto
+    names) with no effect; one single run of swiglu."""
+    rng = np.random.default_rng(5)
+    runs = simulate(rng, 1, 6, 400)[0]  # (2 arms, 6 runs, 400 sentences, 6): one test set
+    base, same = runs[0], runs[1, :3]
+    better = runs[1, 3:].copy()  # a third of the missed n-grams found
+    totals = np.clip(better[..., :1] - np.arange(1, 5) + 1, 0, None)
+    better[..., 2:] += rng.binomial(totals - better[..., 2:], 0.33)
+    out = [make_run(f"baseline-s{k + 1}", base[k], 2.0 + 0.01 * k, k + 1) for k in range(6)]
+    out += [make_run(f"gelu-s{k + 1}", better[k], 1.8 + 0.01 * k, k + 1,
+                     model__activation="gelu") for k in range(3)]
+    out += [make_run(name, same[k], 2.0 + 0.01 * k, k + 1, model__dropout=0.2)
+            for k, name in enumerate(["lusty-gaff", "brisk-oak", "tame-lid"])]
+    out.append(make_run("swiglu", base[0], 2.0, 1, model__activation="swiglu"))
+    return out
 
 
-def test_identical_systems_are_no_significant_difference():
-    refs = [en for _, en in synthetic_pairs(50, seed=3)]
-    hyps = noisy(refs, 0.2, 0)
-    sig = report.paired_bootstrap(hyps, hyps, refs)
-    assert sig.delta == 0 and sig.delta_low == sig.delta_high == 0
-    assert report.verdict(sig) == "no significant difference"
+CATALOGUE = {"baseline": ({}, "The reference.", "bleu"),
+             "gelu": ({"model.activation": "gelu"}, "GELU lowers the validation loss.",
+                      "val_loss")}
+
+
+def test_replicates_are_grouped_by_the_params_diff_without_the_seed(runs):
+    [group] = compare.group_runs(runs, CATALOGUE)
+    assert [r.name for r in group.baseline.runs] == [f"baseline-s{k}" for k in range(1, 7)]
+    arms = {a.name: a for a in group.arms}
+    assert set(arms) == {"gelu", "model.dropout=0.2", "swiglu"}
+    assert len(arms["gelu"].runs) == 3 and arms["gelu"].metric == "val_loss"
+    assert arms["gelu"].hypothesis == "GELU lowers the validation loss."
+    assert len(arms["model.dropout=0.2"].runs) == 3  # a plain -S 'seed=range(1,4)' sweep
+    assert arms["model.dropout=0.2"].metric == "bleu"  # not in the catalogue: BLEU
+
+
+def test_pooled_verdicts_corrections_and_single_run_label(runs):
+    [group] = compare.group_runs(runs, CATALOGUE)
+    gelu = group.tests["gelu"]
+    assert gelu["val_loss"].kind == "pooled" and gelu["val_loss"].verdict == "helps"
+    assert gelu["val_loss"].agree == 3 and gelu["val_loss"].high < 0
+    assert gelu["bleu"].kind == "pooled" and gelu["bleu"].verdict == "helps"
+    assert gelu["bleu"].low > 0 and len(gelu["bleu"].seed_deltas) == 3
+    sweep = group.tests["model.dropout=0.2"]["bleu"]
+    assert sweep.verdict == "no significant difference"
+    single = group.tests["swiglu"]
+    assert single["bleu"].kind == "single run" and "test-set noise only" in single["bleu"].verdict
+    assert single["val_loss"].verdict == "too few runs"
+    # corrections over the three hypotheses with a p on their named metric
+    assert set(group.corrected) == {"gelu", "model.dropout=0.2", "swiglu"}
+    for name, corr in group.corrected.items():
+        p = group.tests[name][next(a.metric for a in group.arms if a.name == name)].p_value
+        assert corr["bh"] >= p and corr["holm"] >= corr["bh"]
+
+
+def test_aa_check_splits_six_baseline_seeds_ten_ways(runs):
+    [group] = compare.group_runs(runs, CATALOGUE)
+    aa = group.aa
+    assert aa["used"] == [1, 2, 3, 4, 5, 6]
+    assert aa["bleu"][1] == 10 and aa["val_loss"][1] == 10
+    assert aa["bleu"][0] >= 9  # same configuration: almost never "significant"
+    assert aa["single_run"][1] == 15
+
+
+def test_report_markdown_and_forest_plots(runs, tmp_path):
+    groups = compare.group_runs(runs, CATALOGUE)
+    figs = write_figures(groups, 80, tmp_path)
+    md = markdown.render(groups, figs, 0, [])
+    for png in ("forest_bleu.png", "forest_val_loss.png", "experiments_val_loss.png"):
+        assert (tmp_path / png).read_bytes()[:8] == PNG
+        assert f"]({png})" in md
+    rows = table(md, "| hypothesis | params changed")
+    assert rows["gelu"]["runs"] == "3" and rows["gelu"]["metric"] == "val_loss"
+    assert rows["gelu"]["verdict"] == "helps" and rows["gelu"]["seeds agreeing"] == "3/3"
+    assert rows["gelu"]["Holm"].startswith("helps (p ")
+    assert re.fullmatch(r"-0\.\d{4} \[-0\.\d{4}, -0\.\d{4}\]", rows["gelu"]["Δ named metric [95% CI]"])
+    assert rows["swiglu"]["verdict"].endswith("(test-set noise only)")
+    assert "Clark et al. 2011" in md and "Koehn 2004" in md and "Efron & Tibshirani" in md
+    assert re.search(r"\"no significant difference\" in \d+ of 10 splits", md)
+    assert re.search(r"\"significant\" in \d+ of 15 pairs", md)
+    assert "Baseline: 6 run(s) with no params change, seeds 1, 2, 3, 4, 5, 6" in md
+
+
+def test_a_run_record_round_trips_and_stays_small(runs, tmp_path):
+    rng = np.random.default_rng(0)
+    run = runs[0]
+    big = simulate(rng, 1, 1, 1000)[0, 0, 0]  # a 1000-sentence test set, and val as large
+    run = experiments.Run(**{**run.__dict__, "sentences": {"test": big, "val": big},
+                             "refs_sha256": {"test": "r", "val": "v"}})
+    path = tmp_path / "baseline-s1.json"
+    path.write_text(json.dumps(experiments.to_record(run), indent=1))
+    assert path.stat().st_size < 50_000
+    [back] = experiments.load_records(tmp_path)
+    assert back.name == run.name and back.seed == 1 and back.diff == {"seed": 1}
+    assert (back.sentences["test"] == big).all() and back.train == run.train
+    assert compare.value(back, "bleu") == pytest.approx(compare.value(run, "bleu"))
+
+
+def test_a_damaged_record_is_one_line_naming_it(tmp_path):
+    (tmp_path / "x.json").write_text('{"format": 1, "name": "x"}')
+    with pytest.raises(Exception) as e:
+        experiments.load_records(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'x.json'}: not a run record")
+
+
+def test_the_same_run_restored_twice_counts_once(runs):
+    twin = experiments.Run(**{**runs[0].__dict__, "name": "commit-ccccccc", "rev": "c" * 40})
+    [group] = compare.group_runs(runs + [twin], CATALOGUE)
+    names = [r.name for r in group.baseline.runs]
+    assert len(names) == 6 and "baseline-s1" in names
 
 
 def test_params_diff_lists_changed_keys_dotted():
@@ -71,82 +159,12 @@ def test_params_diff_lists_changed_keys_dotted():
             "optim": {"betas": [0.9, 0.98]}}
     exp = {"seed": 1, "model": {"activation": "gelu", "d_model": 256},
            "optim": {"betas": [0.9, 0.95]}, "train": {"budget_minutes": 5.0}}
-    diff = report.params_diff(base, exp)
+    diff = experiments.params_diff(base, exp)
     assert diff == {"model.activation": "gelu", "optim.betas": [0.9, 0.95],
                     "train.budget_minutes": 5.0}
-    assert report._format_diff(diff) == ("model.activation=gelu, optim.betas=[0.9, 0.95], "
+    assert compare.format_diff(diff) == ("model.activation=gelu, optim.betas=[0.9, 0.95], "
                                          "train.budget_minutes=5.0")
-    assert report._format_diff({}) == "—"
-
-
-def _exp_show_row(rev: str, name: str | None, params: dict, metrics: bool, exps=None) -> dict:
-    files = ("data/train/metrics.json", "data/bleu/metrics.json")
-    data = {"rev": rev, "timestamp": "2026-01-01T00:00:00",
-            "params": {"params.yaml": {"data": params}},
-            "metrics": {f: ({"data": {"epochs": 2, "stopped_by": "epochs"}} if metrics else
-                            {"error": {"type": "FileNotFoundError", "msg": "no"}})
-                        for f in files}}
-    return {"rev": rev, "name": name, "data": data, "error": None, "experiments": exps}
-
-
-def _exp(rev: str, name: str, params: dict, state: str | None = None) -> dict:
-    row = _exp_show_row(rev, name, params, metrics=True)
-    if state == "failed":
-        row["error"] = {"msg": "Experiment run failed", "type": ""}
-    return {"revs": [row], "name": name,
-            "executor": {"state": state, "local": {"log": "/x/run.out"}} if state else None}
-
-
-@pytest.mark.parametrize("commit_has_results", [True, False])
-def test_baseline_is_the_commit_else_the_experiment_named_baseline(commit_has_results):
-    params = {"model": {"activation": "relu"}}
-    gelu = {"model": {"activation": "gelu"}}
-    rows = [_exp_show_row("workspace", None, params, True),
-            _exp_show_row("c" * 40, "main", params, commit_has_results, exps=[
-                _exp("a" * 40, "gelu", gelu), _exp("b" * 40, "baseline", params),
-                _exp("d" * 40, "broken", gelu, state="failed"),
-                _exp("e" * 40, "waiting", gelu, state="queued")])]
-    [group] = report.parse_exp_show(rows)
-    report.label_runs([group])
-    report.choose_reference(group)
-    by_name = {r.name: r for r in group.experiments}
-    assert by_name["broken"].state == "failed" and by_name["broken"].train == {}
-    assert "run.out" in by_name["broken"].error
-    assert by_name["waiting"].state == "queued"
-    if commit_has_results:
-        assert group.reference is group.commit and "dvc.lock" in group.reference_how
-    else:
-        assert group.commit.state == "no results"
-        assert group.reference is by_name["baseline"]
-        assert "experiment `baseline`" in group.reference_how
-    rows_out = report.compare(group)  # outputs are not read here: nothing to pair
-    names = [r.run.name for r in rows_out]
-    assert ("main" in names) == commit_has_results
-    assert {r.run.name: r.verdict for r in rows_out}["broken"] == "*failed*"
-    md = report.render([group], {group.rev: rows_out}, [], {"gelu": "GELU lowers\n the loss."})
-    assert "- `gelu`: GELU lowers the loss." in md
-    assert "| broken | model.activation=gelu | — |" in md
-
-
-# ---- end to end: tiny experiments, the real dvc -----------------------------------------
-
-EXPERIMENTS = {"budget": "train.budget_minutes=1e-09", "beam1": "translate.beam_size=1"}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Baseline committed with its dvc.lock, two experiments from it, the report made."""
-    project = e2e.make_project(tmp_path_factory.mktemp("report") / "proj", overrides={
-        "train": {"epochs": 6, "batch_tokens": 300}})
-    e2e.use_synthetic_corpus(project)
-    e2e.dvc("repro", cwd=project)
-    e2e.commit_all(project, "baseline run")
-    # --temp leaves the workspace's params alone, so the next experiment starts from the
-    # baseline too; the last one runs in the workspace (only translate and later rerun).
-    e2e.dvc("exp", "run", "--temp", "-n", "budget", "-S", EXPERIMENTS["budget"], cwd=project)
-    e2e.dvc("exp", "run", "-n", "beam1", "-S", EXPERIMENTS["beam1"], cwd=project)
-    e2e.run([sys.executable, "-m", "nmtlab.report"], project)
-    return project
+    assert compare.format_diff({}) == "—"
 
 
 def table(md: str, header_start: str) -> dict[str, dict[str, str]]:
@@ -158,115 +176,93 @@ def table(md: str, header_start: str) -> dict[str, dict[str, str]]:
     for ln in lines[start + 2:]:
         if not ln.startswith("|"):
             break
-        cells = [c.strip() for c in ln.strip("|").split("|")]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln.strip("|"))]
         rows[cells[0]] = dict(zip(header, cells))
     return rows
 
 
-def significance_lines(md: str) -> dict[str, list[float]]:
-    """`name`: BLEU s (μ = m ± ci), baseline BLEU s (μ = m ± ci), p = p  ->  the 7 numbers."""
-    found = {}
-    for name, rest in re.findall(r"^- `([^`]+)`: (BLEU .*p = .*)$", md, re.M):
-        found[name] = [float(x) for x in re.findall(r"-?\d+\.\d+", rest)]
-    return found
+# ---- end to end: tiny replicates queued and run with the real dvc --------------------------
+needs_mirror = pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
+TINY_CATALOGUE = """hypotheses:
+  - {name: baseline, hypothesis: The reference., report: r, metric: bleu, set: {}}
+  - {name: gelu, hypothesis: GELU lowers the validation loss., report: r, metric: val_loss,
+     set: {model.activation: gelu}}
+"""
+
+
+def nmtlab(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return e2e.run([sys.executable, "-m", "nmtlab", *args], project, check=check)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Baseline committed; baseline and gelu queued with 2 seeds each, plus a plain seed
+    sweep, and a gelu-s3 that fails; run; the report made (records written)."""
+    project = e2e.make_project(tmp_path_factory.mktemp("report") / "proj", overrides={
+        "train": {"epochs": 6, "batch_tokens": 300}})
+    e2e.use_synthetic_corpus(project)
+    (project / "hypotheses.yaml").write_text(TINY_CATALOGUE)
+    e2e.dvc("repro", cwd=project)
+    e2e.commit_all(project, "baseline run")
+    queued = nmtlab(project, "hypotheses", "queue", "--seeds", "2").stdout
+    assert queued.count("queued ") == 4, queued
+    e2e.dvc("exp", "run", "--queue", "-S", "seed=range(1,3)", "-S", "model.dropout=0.1",
+            cwd=project)
+    # fails in train: the warm-up outlasts training
+    e2e.dvc("exp", "run", "--queue", "-n", "gelu-s3", "-S", "model.activation=gelu", "-S",
+            "seed=3", "-S", "schedule.warmup_steps=100000", cwd=project)
+    nmtlab(project, "hypotheses", "start", "-j", "2", "--timeout", "900", check=False)
+    nmtlab(project, "report")
+    return project
 
 
 @pytest.mark.e2e
-def test_report_rows_match_each_experiments_metrics(project):
+@needs_mirror
+def test_report_pools_queued_replicates_and_a_plain_sweep(project):
     md = (project / "reports/experiments.md").read_text()
-    rows = table(md, "| experiment | params changed")
-    assert set(rows) == {"main", *EXPERIMENTS}
-    assert "Baseline: the results committed with `main`" in md
-    assert "nrefs:1|bs:1000|seed:12345" in md
-    assert rows["main"]["verdict"] == "baseline" and rows["main"]["params changed"] == "—"
-    for name, change in EXPERIMENTS.items():
-        assert rows[name]["params changed"] == change
-    for name, rev in (("main", "HEAD"), *((n, n) for n in EXPERIMENTS)):
-        bleu = json.loads(e2e.read_at(project, "data/bleu/metrics.json", rev))
-        train = json.loads(e2e.read_at(project, "data/train/metrics.json", rev))
-        row = rows[name]
-        assert row["test BLEU"] == f"{bleu['test']['bleu']:.2f}"
-        assert row["test chrF"] == f"{bleu['test']['chrf']:.2f}"
-        assert row["best val loss"] == f"{train['best_val_loss']:.4f}"
-        assert row["peak MB"] == f"{train['peak_memory_mb']:,.0f}"
-        assert row["epochs"].startswith(str(train["epochs"]))
-    for name in EXPERIMENTS:
-        row = rows[name]
-        delta, low, high = map(float, re.findall(r"[-+]\d+\.\d+", row["ΔBLEU [95% CI]"]))
-        p = float(row["p"])
-        assert low <= high and row["verdict"] in VERDICTS
-        expected = ("no significant difference" if p >= 0.05 else
-                    "helps" if delta > 0 else "hurts")
-        assert row["verdict"] == expected
-    assert rows["budget"]["epochs"] == "1 (budget)"
-    assert "`budget`: training stopped by budget after 1 epoch(s)" in md
-    cost = table(md, "| experiment | device")
-    assert cost["budget"]["stopped by"] == "budget" and "CPU h" in cost["main"]["CPU/GPU hours"]
-    for png in ("experiments_val_loss.png", "experiments_train_loss.png", "experiments_lr.png"):
-        assert (project / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"]({png})" in md
+    rows = table(md, "| hypothesis | params changed")
+    assert set(rows) == {"gelu", "model.dropout=0.1"}
+    assert rows["gelu"]["runs"] == "2" and rows["model.dropout=0.1"]["runs"] == "2"
+    assert rows["gelu"]["verdict"] in {"helps", "hurts", "no significant difference"}
+    # the baseline: seeds 1 and 2, and the commit's own run (seed 1234)
+    assert "Baseline: 3 run(s) with no params change, seeds 1, 2, 1234" in md
+    not_finished = table(md, "| experiment | state")
+    assert not_finished["gelu-s3"]["state"] == "failed"
+    runs = table(md, "| run | arm | seed")
+    for name in ("baseline-s1", "baseline-s2", "gelu-s1", "gelu-s2"):
+        bleu = json.loads(e2e.read_at(project, "data/bleu/metrics.json", name))
+        assert runs[name]["test BLEU"] == f"{bleu['test']['bleu']:.2f}"
+        record = json.loads((project / "reports/runs" / f"{name}.json").read_text())
+        assert record["seed"] == int(name[-1]) and record["metrics"]["bleu"] == bleu
+        assert (project / "reports/runs" / f"{name}.json").stat().st_size < 100_000
+    for png in ("forest_bleu.png", "forest_val_loss.png"):
+        assert (project / "reports" / png).read_bytes()[:8] == PNG
 
 
 @pytest.mark.e2e
-def test_report_significance_equals_sacrebleu_cli_on_the_saved_translations(project, tmp_path):
-    md = (project / "reports/experiments.md").read_text()
-    rows, details = table(md, "| experiment | params changed"), significance_lines(md)
-    ref = tmp_path / "test.tgt"
-    ref.write_text(e2e.read_at(project, "data/prepared/test.tgt", "HEAD"), encoding="utf-8")
-    base = tmp_path / "main.hyp"
-    base.write_text(e2e.read_at(project, "data/translations/test.hyp", "HEAD"), encoding="utf-8")
-    for name in EXPERIMENTS:
-        hyp = tmp_path / f"{name}.hyp"
-        hyp.write_text(e2e.read_at(project, "data/translations/test.hyp", name), encoding="utf-8")
-        assert len(hyp.read_text().splitlines()) == 60
-        cli_base, cli_exp = cli_paired_bs(ref, base, hyp)
-        score, mean, ci, b_score, b_mean, b_ci, p = details[name]
-        assert (score, mean, ci) == pytest.approx(
-            (cli_exp["score"], cli_exp["mean"], cli_exp["ci"]), abs=6e-5)
-        assert (b_score, b_mean, b_ci) == pytest.approx(
-            (cli_base["score"], cli_base["mean"], cli_base["ci"]), abs=6e-5)
-        assert p == pytest.approx(cli_exp["p_value"], abs=6e-5)
-        assert float(rows[name]["p"]) == pytest.approx(cli_exp["p_value"], abs=6e-4)
-        delta = float(rows[name]["ΔBLEU [95% CI]"].split()[0])
-        assert delta == pytest.approx(cli_exp["score"] - cli_base["score"], abs=6e-3)
+@needs_mirror
+def test_rerunning_the_queue_queues_only_missing_or_failed_runs(project, tmp_path):
+    again = nmtlab(project, "hypotheses", "queue", "--seeds", "3").stdout
+    queued = re.findall(r"^queued (\S+)", again, re.M)
+    assert sorted(queued) == ["baseline-s3", "gelu-s3"], again
+    assert "queued gelu-s3 (again: it failed)" in again
+    assert "4 skipped" in again
+    e2e.dvc("queue", "remove", "--queued", cwd=project)
 
 
 @pytest.mark.e2e
-def test_budget_stop_still_gives_a_model_that_translates(project):
-    """train.budget_minutes (60 ns) ran out in the first step on any machine: the rest of
-    the pipeline ran on the partial epoch's checkpoint, and the run says why it stopped."""
-    train = json.loads(e2e.read_at(project, "data/train/metrics.json", "budget"))
-    assert train["stopped_by"] == "budget"
-    assert train["steps"] == 1 and train["epochs"] == 1 and train["tokens_seen"] > 0
-    assert train["peak_memory_mb"] > 0 and train["device"] and "cpu_hours" in train
-    model_info = json.loads(e2e.read_at(project, "data/model/info.json", "budget"))
-    assert model_info["stopped_by"] == "budget" and model_info["epochs_averaged"] == [1]
-    hyps = e2e.read_at(project, "data/translations/test.hyp", "budget").splitlines()
-    assert len(hyps) == 60 and any(h.strip() for h in hyps)
-    bleu = json.loads(e2e.read_at(project, "data/bleu/metrics.json", "budget"))
-    assert bleu["test"]["sentences"] == 60 and "bleu" in bleu["test"]
-    shown = e2e.dvc("exp", "show", "--csv", cwd=project).stdout
-    header, *lines = shown.splitlines()
-    assert "stopped_by" in header
-    assert any(line.startswith("budget,") and ",budget," in line for line in lines)
-
-
-@pytest.mark.e2e
-def test_report_says_what_is_missing_in_one_line(tmp_path):
-    def run_report(cwd: Path) -> subprocess.CompletedProcess:
-        return e2e.run([sys.executable, "-m", "nmtlab.report"], cwd, check=False)
-
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    for package in ("nmt", "nmtlab", "stages"):
-        (outside / package).symlink_to(e2e.REPO / package)
-    proc = run_report(outside)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: {outside}: not a DVC repository root (no .dvc folder); run the report from "
-        f"the project root"]
-
-    fresh = e2e.make_project(tmp_path / "fresh")
-    proc = run_report(fresh)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: no experiments yet")
-    assert len(proc.stderr.strip().splitlines()) == 1
+@needs_mirror
+def test_a_fresh_clone_rebuilds_the_report_and_continues_from_the_records(project, tmp_path):
+    e2e.commit_all(project, "run records")
+    clone = tmp_path / "clone"
+    e2e.run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / ".dvc" / "cache").exists()
+    (clone / "reports/experiments.md").unlink()
+    nmtlab(clone, "report", "--records-only")
+    original = (project / "reports/experiments.md").read_text()
+    rebuilt = (clone / "reports/experiments.md").read_text()
+    for header in ("| hypothesis | params changed", "| hypothesis | ΔBLEU", "| run | arm"):
+        assert table(rebuilt, header) == table(original, header)
+    # the records count as done: nothing of the first two seeds is queued again
+    again = nmtlab(clone, "hypotheses", "queue", "--seeds", "2").stdout
+    assert "0 experiments queued, 4 skipped" in again, again

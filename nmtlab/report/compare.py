@@ -99,8 +99,7 @@ def group_runs(runs: list[Run], catalogue: dict[str, tuple[dict, str, str]]) -> 
         arms: dict[str, list[Run]] = {}
         for run in members:
             arms.setdefault(run.arm_key, []).append(run)
-        built = [_arm(key, sorted(rs, key=lambda r: (str(r.seed), r.name)), catalogue)
-                 for key, rs in arms.items()]
+        built = [_arm(key, sorted(rs, key=_seed_order), catalogue) for key, rs in arms.items()]
         baseline = next((a for a in built if not a.diff), None)
         others = sorted((a for a in built if a.diff), key=lambda a: a.name)
         commits = sorted({r.baseline_rev for r in members})
@@ -108,6 +107,11 @@ def group_runs(runs: list[Run], catalogue: dict[str, tuple[dict, str, str]]) -> 
     for g in groups:
         analyse(g)
     return groups
+
+
+def _seed_order(run: Run) -> tuple:
+    seed = run.seed
+    return (0, seed, run.name) if isinstance(seed, int) else (1, str(seed), run.name)
 
 
 def _arm(key: str, runs: list[Run], catalogue: dict[str, tuple[dict, str, str]]) -> Arm:

@@ -24,8 +24,9 @@ def forest_plot(path: Path, group: Group, metric: str, dpi: int) -> bool:
     if not rows:
         return False
     # best at the top: the largest gain for BLEU, the largest drop for a loss
-    rows.sort(key=lambda r: r[1].delta, reverse=not m.higher_is_better)
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(rows)))
+    rows.sort(key=lambda r: r[1].delta, reverse=m.higher_is_better)
+    height = 1.8 + 0.42 * len(rows)
+    fig, ax = plt.subplots(figsize=(7.5, height))
     ax.axvline(0, color="0.4", linewidth=1, linestyle="--", label="no difference")
     for y, (_, t) in enumerate(rows):
         dots = ax.scatter(t.seed_deltas, [y] * len(t.seed_deltas), s=14, color="tab:gray",
@@ -49,9 +50,10 @@ def forest_plot(path: Path, group: Group, metric: str, dpi: int) -> bool:
     ax.set_title(f"Δ {m.label} per hypothesis, baseline n={rows[0][1].n_base}")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    fig.legend(unique.values(), unique.keys(), fontsize=7, loc="lower center", ncol=2,
+               frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.5 / height, 1, 1))  # room for the legend below
     with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
