@@ -141,6 +141,24 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
     return model.to(device).eval(), info
 
 
+# Settings that may differ between a train.init_from file and the model trained from it.
+TRAINING_ONLY = ("dropout", "attention_dropout")
+
+
+def load_init(path: str | os.PathLike, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights of train.init_from, after checking that its architecture and vocabulary
+    sizes are those of `cfg` (one line naming what differs)."""
+    if not Path(path).is_file():
+        raise UserError(f"train.init_from: {path} not found (fill it with `nmtlab init-from`)")
+    file_cfg, state, _ = load_model_file(path)
+    differ = [f"{f.name} {getattr(file_cfg, f.name)} (here {getattr(cfg, f.name)})"
+              for f in dataclasses.fields(ModelConfig)
+              if f.name not in TRAINING_ONLY and getattr(file_cfg, f.name) != getattr(cfg, f.name)]
+    if differ:
+        raise UserError(f"train.init_from: {path} has another model: {', '.join(differ)}")
+    return state
+
+
 def _config(path: str | os.PathLike, config: Any) -> ModelConfig:
     if not isinstance(config, dict):
         raise UserError(f"{path}: model file without a config")

@@ -91,7 +91,7 @@ def fingerprint(params: Params, data_files: list[Path], code_files: list[Path]) 
     trains and the torch version. Resume needs an exact match, so a finished state is
     never republished after an edit to the training code."""
     train = dataclasses.asdict(params.train)
-    for key in ("budget_minutes", "save_every_steps", "keep_checkpoints"):
+    for key in ("budget_minutes", "save_every_steps", "keep_checkpoints", "keep_best"):
         train.pop(key)  # how long/often we save, not what we compute
     blob = {"seed": params.seed, "model": params.group("model"), "loss": params.group("loss"),
             "optim": params.group("optim"), "schedule": params.group("schedule"), "train": train,

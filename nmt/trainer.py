@@ -28,7 +28,6 @@ from tqdm import tqdm
 from . import checkpoints, device as devices, distributed, publish, resume
 from .batching import Batch, epoch_order
 from .errors import UserError
-from .loss import linear_cross_entropy
 from .model import ModelConfig, Seq2SeqTransformer, count_parameters
 from .optim import build_optimizer, phase_for_epoch
 from .params import Params
@@ -123,7 +122,7 @@ class Trainer:
         b = batch.to(self.device)
         with devices.autocast(self.device, self.bf16):
             hidden = self.features(b.src, b.tgt_in)
-        loss_sum, nll_sum = linear_cross_entropy(
+        loss_sum, nll_sum = self.model.kernels.loss_head(
             hidden, self.model.out_proj.weight, b.tgt_out, epsilon, self.cfg.pad_id,
             dtype=torch.bfloat16 if self.bf16 else torch.float32)
         return loss_sum, float(nll_sum)

@@ -16,6 +16,7 @@ TOOLS = {
     "bench": ("nmtlab.bench", "training and decoding speed against plain baselines"),
     "loss-check": ("nmtlab.loss_check", "SmoothCE against torch's CrossEntropyLoss, with a figure"),
     "translate": ("nmtlab.translate", "translate your own sentences (stdin or a file) with a trained model"),
+    "init-from": ("nmtlab.init_from", "put a trained model in init/ for train.init_from"),
     "export-ct2": ("nmtlab.ct2", "convert a trained model to CTranslate2 (float32 or int8)"),
     "show": ("nmtlab.show", "dvc exp show with the columns to compare (changed params, BLEU, cost)"),
 }

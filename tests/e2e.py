@@ -94,7 +94,7 @@ def make_project(dest: Path, n_train: int = 400, n_eval: int = 60,
     """Copy the project's tracked sources into `dest`, with a tiny corpus and params, as a
     fresh git + dvc repository with one commit."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("nmt", "nmtlab", "stages", "corpus"):
+    for name in ("nmt", "nmtlab", "stages", "corpus", "init"):
         shutil.copytree(REPO / name, dest / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore", "hypotheses.yaml"):

@@ -1,8 +1,9 @@
 """End-to-end tests of models in and out (issue 14) on a tiny synthetic-corpus project:
 `nmtlab translate` (workspace, --exp, errors), the CTranslate2 export against the
-PyTorch beam search."""
+PyTorch beam search; choosing the best epoch; ensemble decoding; train.init_from."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -86,3 +87,67 @@ def test_ct2_float32_matches_the_pytorch_beam_search(built):
     int8 = ok(nmtlab(built, "translate", "-i", "data/prepared/test.src", "--ct2",
                      "ct2-int8")).stdout.splitlines()
     assert len(int8) == len(ours) and sacrebleu.corpus_bleu(int8, [refs]).score > 0.5 * bleu[0]
+
+
+def epochs_tsv(project) -> list[dict]:
+    from nmt import trainlog
+
+    return trainlog.read(project / "data/train/log/epochs.tsv")
+
+
+def info(project) -> dict:
+    return json.loads((project / "data/model/info.json").read_text())
+
+
+AFTER_TRAIN = {"swa-average", "translate", "bleu", "plots"}
+
+
+def test_choosing_the_best_epoch_reruns_only_swa_average_and_after(built, tmp_path):
+    project = e2e.clone_project(built, tmp_path / "proj")
+    rows = epochs_tsv(project)
+    kept = [int(p.stem.split("_")[1]) for p in (project / "data/train/checkpoints").glob("*.pt")]
+    best_loss = min(rows, key=lambda r: (r["val_loss"], -r["epoch"]))
+    assert int(best_loss["epoch"]) in kept  # train.keep_best kept it, beside the last two
+
+    e2e.write_params(project, {"swa": {"best_by": "val_loss"}})
+    assert e2e.stages_run(e2e.dvc("repro", cwd=project)) <= AFTER_TRAIN
+    assert info(project)["epochs_averaged"] == [int(best_loss["epoch"])]
+
+    e2e.write_params(project, {"swa": {"best_by": "val_bleu", "best_epochs": 2}})
+    proc = e2e.dvc("repro", cwd=project)
+    assert "swa-average" in e2e.stages_run(proc) and e2e.stages_run(proc) <= AFTER_TRAIN
+    bleu = {int(e): b for e, b in info(project)["val_bleu"].items()}
+    assert sorted(bleu) == sorted(kept)  # greedy val BLEU of every kept checkpoint
+    best_two = sorted(sorted(bleu, key=lambda e: (-bleu[e], -e))[:2])
+    assert info(project)["epochs_averaged"] == best_two
+
+
+def test_ensemble_decoding_in_the_stage_and_the_command(built, tmp_path):
+    project = e2e.clone_project(built, tmp_path / "proj")
+    e2e.write_params(project, {"translate": {"ensemble": 2}})
+    assert e2e.stages_run(e2e.dvc("repro", cwd=project)) <= {"translate", "bleu", "plots"}
+    stats = json.loads((project / "data/translations/stats.json").read_text())
+    assert stats["model"] == "ensemble of epochs 15, 14"
+    hyp = (project / "data/translations/test.hyp").read_text(encoding="utf-8")
+    assert ok(nmtlab(project, "translate", "-i", "data/prepared/test.src")).stdout == hyp
+    bleu = json.loads((project / "data/bleu/metrics.json").read_text())["test"]["bleu"]
+    assert bleu > 50
+
+
+def test_init_from_starts_where_the_model_left_off(built, tmp_path):
+    project = e2e.clone_project(built, tmp_path / "proj")
+    fresh_first = epochs_tsv(project)[0]["val_loss"]
+    ok(nmtlab(project, "init-from", "data/model/averaged.pt", "--rev", "HEAD"))
+    assert (project / "init/model.pt.dvc").is_file()
+    e2e.write_params(project, {"train": {"init_from": "init/model.pt", "epochs": 1,
+                                         "keep_checkpoints": 1}})
+    e2e.commit_all(project, "init from the baseline model")
+    assert "train" in e2e.stages_run(e2e.dvc("repro", cwd=project))
+    first = epochs_tsv(project)[0]["val_loss"]
+    assert first < 0.5 * fresh_first, (first, fresh_first)
+
+    e2e.write_params(project, {"model": {"d_model": 64}})
+    proc = e2e.dvc("repro", cwd=project, check=False)
+    assert proc.returncode != 0
+    assert "error: train.init_from: init/model.pt has another model: d_model 32 (here 64)" \
+        in proc.stdout + proc.stderr
