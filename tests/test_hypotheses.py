@@ -28,7 +28,8 @@ PARAMS = REPO / "params.yaml"
 DEFAULT_BATCHES_PER_EPOCH = 25
 REPORT_NAMES = ["nhead-x2", "ffn-x2", "emb-x2", "enc-layers-x2", "dec-layers-x2", "accum-x4",
                 "accum-x8", "gelu", "swa-last-25pct", "exp-decay-0.9", "label-smoothing-0.1",
-                "triangular-lr", "plateau-guard", "sgd-after-adam", "final-combination"]
+                "triangular-lr", "plateau-guard", "best-epoch", "ensemble-last-5",
+                "sgd-after-adam", "final-combination"]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_the_real_catalogue_lists_and_renders_commands():
     assert lines[0] == "dvc exp run -n baseline"
     assert "dvc exp run -n gelu -S model.activation=gelu" in lines
     assert "dvc exp run -n accum-x4 -S train.accum_steps=4 -S schedule.warmup_steps=50" in lines
-    assert len(lines) == 16
+    assert len(lines) == 1 + len(REPORT_NAMES)
 
 
 # ---- rendering -----------------------------------------------------------------------------
