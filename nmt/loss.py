@@ -174,3 +174,23 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon
         chunk_rows = 64 if hidden.device.type == "cpu" else max(1, hidden.numel())
     return _LinearCrossEntropy.apply(hidden, weight, target, float(epsilon), ignore_index,
                                      dtype or hidden.dtype, chunk_rows)
+
+
+def stock_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float,
+                               ignore_index: int, dtype: torch.dtype | None = None
+                               ) -> tuple[Tensor, Tensor]:
+    """`linear_cross_entropy` the plain way, PyTorch's own functions only (model.kernels:
+    stock): the logits, then F.cross_entropy with its label smoothing, in float32.
+
+    Returns (loss_sum, nll_sum) as `linear_cross_entropy` does; nll_sum has no gradient.
+    """
+    dtype = dtype or hidden.dtype
+    logits = F.linear(hidden.to(dtype), weight.to(dtype)).float()
+    logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    loss_sum = F.cross_entropy(logits, target, ignore_index=ignore_index,
+                               label_smoothing=epsilon, reduction="sum")
+    if not epsilon:
+        return loss_sum, loss_sum.detach()
+    with torch.no_grad():
+        nll_sum = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    return loss_sum, nll_sum

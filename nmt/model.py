@@ -4,10 +4,10 @@ Shapes: B batch, S source length, T target length, D d_model, H heads,
 K = D / H head size, V vocabulary size.
 
 The `model` group of params.yaml is declared here (`ModelSettings`), and each
-enumerated choice of it is a registry here (`ACTIVATIONS`,
-`POSITIONAL_ENCODINGS`): the params schema accepts exactly a registry's keys,
-and the layers build from the registry's entry, so a name cannot be accepted
-without an implementation, and an unknown name is an error, never a default.
+enumerated choice of it is a registry here (`ACTIVATIONS`, `POSITIONAL_ENCODINGS`,
+`KERNELS`): the params schema accepts exactly a registry's keys, and the layers
+build from the registry's entry, so a name cannot be accepted without an
+implementation, and an unknown name is an error, never a default.
 
 Decoding reuses past keys and values: `start_decoding()` projects the encoder
 output once into each layer's cross-attention keys/values, and `decode_step()`
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import lookup
+from .loss import linear_cross_entropy, stock_linear_cross_entropy
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ModelSettings:
     tie_embeddings: bool = True
     positional: str = "sinusoidal"  # a key of POSITIONAL_ENCODINGS
     max_positions: int = 512  # longest sequence a learned positional table covers
+    kernels: str = "fast"  # a key of KERNELS: the hand-written training kernels or PyTorch's
 
 
 @dataclass(kw_only=True)
@@ -81,22 +83,15 @@ def cpu_dropout(x: Tensor, p: float) -> Tensor:
     return x * keep * (1.0 / (1.0 - p))
 
 
-def dropout(x: Tensor, p: float) -> Tensor:
+def fast_dropout(x: Tensor, p: float) -> Tensor:
     """Training-mode dropout: `cpu_dropout` on the CPU, F.dropout elsewhere."""
     if p == 0.0:
         return x
     return cpu_dropout(x, p) if x.device.type == "cpu" else F.dropout(x, p, training=True)
 
 
-class Dropout(nn.Module):
-    """nn.Dropout over `dropout`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p) if self.training else x
+def stock_dropout(x: Tensor, p: float) -> Tensor:
+    return F.dropout(x, p, training=True)
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
@@ -116,12 +111,61 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cau
         scores = scores.masked_fill(~mask, float("-inf"))
     wide = torch.promote_types(scores.dtype, torch.float32)  # bf16 -> fp32, fp64 stays
     probs = torch.softmax(scores.to(wide), dim=-1).to(v.dtype)
-    return dropout(probs, p) @ v
+    return fast_dropout(probs, p) @ v
+
+
+def stock_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+                    p: float) -> Tensor:
+    """q (B, H, L, K), k and v (B, H, L_kv, K); mask broadcastable to (B, H, L, L_kv)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                          is_causal=causal and mask is None)
+
+
+def fast_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+                   p: float) -> Tensor:
+    """explicit_attention when training on the CPU, where it is faster; elsewhere (GPU,
+    decoding) scaled_dot_product_attention's fused kernels."""
+    if q.device.type == "cpu" and torch.is_grad_enabled():
+        return explicit_attention(q, k, v, mask, causal, p)
+    return stock_attention(q, k, v, mask, causal, p)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The functions a model trains with: dropout(x, p), attention(q, k, v, mask, causal,
+    p), and the loss head with loss.linear_cross_entropy's signature."""
+
+    dropout: Callable[[Tensor, float], Tensor]
+    attention: Callable[[Tensor, Tensor, Tensor, Tensor | None, bool, float], Tensor]
+    loss_head: Callable[..., tuple[Tensor, Tensor]]
+
+
+# model.kernels: its allowed values are this registry's keys. "stock" is PyTorch's own
+# functions, the reference that the hand-written "fast" ones must learn the same as.
+KERNELS: dict[str, Kernels] = {
+    "fast": Kernels(fast_dropout, fast_attention, linear_cross_entropy),
+    "stock": Kernels(stock_dropout, stock_attention, stock_linear_cross_entropy),
+}
+
+
+def kernels(cfg: ModelSettings) -> Kernels:
+    return lookup(KERNELS, "model.kernels", cfg.kernels)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout over a Kernels' dropout function."""
+
+    def __init__(self, p: float, fn: Callable[[Tensor, float], Tensor]):
+        super().__init__()
+        self.p = p
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x, self.p) if self.training and self.p > 0 else x
 
 
 class Attention(nn.Module):
-    """Multi-head attention: F.scaled_dot_product_attention (fused kernels), except
-    when training on the CPU, where the explicit form is faster (explicit_attention)."""
+    """Multi-head attention, computed by the model.kernels' attention function."""
 
     def __init__(self, cfg: ModelConfig, cross: bool):
         super().__init__()
@@ -129,6 +173,7 @@ class Attention(nn.Module):
         self.nhead = cfg.nhead
         self.cross = cross
         self.dropout = cfg.attention_dropout
+        self.attend = kernels(cfg).attention
         if cross:
             self.q_proj = nn.Linear(d, d)
             self.kv_proj = nn.Linear(d, 2 * d)
@@ -161,12 +206,7 @@ class Attention(nn.Module):
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if past is not None:
                 k, v = past.append(k, v)
-        p = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and torch.is_grad_enabled():
-            y = explicit_attention(q, k, v, mask, causal, p)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=causal and mask is None)
+        y = self.attend(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         b, h, n, kd = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, n, h * kd))
 
@@ -203,7 +243,7 @@ class FeedForward(nn.Module):
             self.gate = nn.Linear(cfg.d_model, hidden)
         self.up = nn.Linear(cfg.d_model, hidden)
         self.down = nn.Linear(hidden, cfg.d_model)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation.gated:
@@ -220,7 +260,7 @@ class Sublayer(nn.Module):
         super().__init__()
         self.block = block
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
         self.norm_first = cfg.norm_first
 
     def forward(self, x: Tensor, **kw) -> Tensor:
@@ -312,7 +352,7 @@ class Embedding(nn.Module):
         self.tokens = tokens
         self.scale = math.sqrt(cfg.d_model)
         self.positions = lookup(POSITIONAL_ENCODINGS, "model.positional", cfg.positional)(cfg)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
         pos = self.positions(start, ids.shape[1], ids.device)
@@ -389,6 +429,7 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.kernels = kernels(cfg)  # the trainer takes its loss head from here
         tgt_tokens = nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         if cfg.share_vocab and cfg.tie_embeddings:
             src_tokens = tgt_tokens

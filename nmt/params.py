@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError, lookup
-from .model import ACTIVATIONS, POSITIONAL_ENCODINGS, ModelSettings
+from .model import ACTIVATIONS, KERNELS, POSITIONAL_ENCODINGS, ModelSettings
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 CORPUS_DIR = "corpus"  # a user's own corpus files (data.files) live here: prepare's DVC dep
@@ -97,6 +97,7 @@ class Model(ModelSettings):
         _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
         lookup(ACTIVATIONS, "model.activation", self.activation)
         lookup(POSITIONAL_ENCODINGS, "model.positional", self.positional)
+        lookup(KERNELS, "model.kernels", self.kernels)
 
 
 @dataclass

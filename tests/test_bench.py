@@ -3,6 +3,7 @@ import torch
 
 from nmtlab.bench import PlainTransformer, bench_decoding, model_flops
 from nmt.model import ModelConfig, build
+from nmt.params import Translate
 
 
 class FakeTok:
@@ -37,7 +38,8 @@ def test_cached_and_uncached_decoding_agree():
     torch.manual_seed(0)
     model = build(tiny()).eval()
     src = [[5 + i % 20, 6, 7 + i % 5] for i in range(12)]
-    result = bench_decoding(model, FakeTok(), src, torch.device("cpu"), uncached_sentences=6)
+    result = bench_decoding(model, FakeTok(), src, Translate(), torch.device("cpu"),
+                            uncached_sentences=6)
     for name in ("greedy", "beam5"):
         assert result[name]["same_output"] is True
         assert result[name]["sentences"] == 12 and result[name]["subset"] == 6

@@ -14,6 +14,7 @@ from nmt.errors import UserError
 OPTIONS = [
     ("model.activation", M.ACTIVATIONS, ("model", "activation")),
     ("model.positional", M.POSITIONAL_ENCODINGS, ("model", "positional")),
+    ("model.kernels", M.KERNELS, ("model", "kernels")),
     ("optim.name", optim.OPTIMIZERS, ("optim", "name")),
     ("schedule.name", schedules.SCHEDULES, ("schedule", "name")),
 ]
@@ -67,7 +68,8 @@ def test_feed_forward_builds_from_the_registry_entry(monkeypatch):
 
 
 @pytest.mark.parametrize("field, key", [("activation", "model.activation"),
-                                        ("positional", "model.positional")])
+                                        ("positional", "model.positional"),
+                                        ("kernels", "model.kernels")])
 def test_model_refuses_an_unknown_name_instead_of_a_default(field, key):
     """Before, an activation the model did not know ran as ReLU and an unknown positional
     encoding as sinusoids; a config that bypasses the schema (a checkpoint) must fail."""

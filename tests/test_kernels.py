@@ -1,0 +1,99 @@
+"""model.kernels: the hand-written training kernels (fast) against PyTorch's stock functions.
+
+Both paths compute the same function: with dropout off they give the same loss and
+gradients. And each path really runs its own kernels: stock calls F.dropout,
+F.scaled_dot_product_attention and F.cross_entropy and none of the hand-written ones.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt import loss as L, model as M, params as P
+from nmt.batching import collate
+from nmt.trainer import Trainer
+
+V = 30
+
+
+def cfg(kernels: str, dropout: float = 0.0) -> M.ModelConfig:
+    return M.ModelConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=32, nhead=4,
+                         dim_feedforward=64, num_encoder_layers=2, num_decoder_layers=2,
+                         dropout=dropout, attention_dropout=dropout, kernels=kernels)
+
+
+def batch(seed: int = 0):
+    rng = random.Random(seed)
+    data = []
+    for _ in range(8):
+        s = [rng.randrange(4, V) for _ in range(rng.randint(2, 9))]
+        data.append((s, s[::-1]))
+    return collate(data, 0, 2, 3)  # pad 0, bos 2, eos 3: padded sources and targets
+
+
+def loss_and_grads(kernels: str, epsilon: float, dtype: torch.dtype):
+    torch.manual_seed(0)
+    model = M.build(cfg(kernels)).train()
+    b = batch()
+    hidden = model.features(b.src, b.tgt_in)
+    loss, nll = model.kernels.loss_head(hidden, model.out_proj.weight, b.tgt_out, epsilon, 0,
+                                        dtype=dtype)
+    loss.backward()
+    return loss.item(), nll.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_fast_and_stock_give_the_same_loss_and_gradients(epsilon):
+    fast, stock = (loss_and_grads(k, epsilon, torch.float32) for k in ("fast", "stock"))
+    assert fast[0] == pytest.approx(stock[0], rel=1e-5)
+    assert fast[1] == pytest.approx(stock[1], rel=1e-5)
+    assert fast[2].keys() == stock[2].keys()
+    for name in fast[2]:
+        torch.testing.assert_close(fast[2][name], stock[2][name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def counting(calls: dict, name: str, fn):
+    def wrapper(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def refusing(name: str):
+    def wrapper(*args, **kwargs):
+        raise AssertionError(f"{name} called")
+    return wrapper
+
+
+STOCK = {"dropout": (F, "dropout"), "sdpa": (F, "scaled_dot_product_attention"),
+         "cross_entropy": (F, "cross_entropy")}
+FAST = {"cpu_dropout": (M, "cpu_dropout"), "explicit_attention": (M, "explicit_attention"),
+        "fused_loss": (L._LinearCrossEntropy, "apply")}
+
+
+@pytest.mark.parametrize("kernels, used, unused", [("stock", STOCK, FAST),
+                                                   ("fast", FAST, STOCK)])
+def test_each_path_trains_with_its_own_kernels(kernels, used, unused, tmp_path, monkeypatch):
+    """One real training step (Trainer.train_step, dropout 0.1, label smoothing 0.1, CPU):
+    the path's functions run, the other path's never do."""
+    calls: dict[str, int] = {}
+    for name, (owner, attr) in used.items():
+        monkeypatch.setattr(owner, attr, counting(calls, name, getattr(owner, attr)))
+    for name, (owner, attr) in unused.items():
+        monkeypatch.setattr(owner, attr, refusing(name))
+    p = P.from_dict({"model": {"d_model": 32, "nhead": 4, "dim_feedforward": 64,
+                               "num_encoder_layers": 1, "num_decoder_layers": 1, "dropout": 0.1,
+                               "attention_dropout": 0.1, "kernels": kernels},
+                     "loss": {"label_smoothing": 0.1},
+                     "train": {"epochs": 1, "amp": "fp32"}, "schedule": {"name": "constant"}})
+    p.validate()
+    b = batch()
+    trainer = Trainer(p, M.ModelConfig.from_params(p.model, V, V, True, 0), [b], [b],
+                      tmp_path / "state", "fp")
+    assert trainer.model.kernels is M.KERNELS[kernels]
+    trainer.train_step([b])
+    assert set(calls) == set(used), calls
