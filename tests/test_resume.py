@@ -273,8 +273,8 @@ def test_training_code_edit_retrains_from_scratch(project, reference):
     trainer = project / "nmt/trainer.py"
     assert "def seed_everything(seed: int)" in trainer.read_text()
     with open(trainer, "a") as f:  # the global the loop calls, redefined: other initial weights
-        f.write("\n\ndef seed_everything(seed: int) -> None:\n"
-                "    random.seed(seed)\n    np.random.seed(seed)\n    torch.manual_seed(seed + 1)\n")
+        f.write("\n\ndef seed_everything(seed: int) -> None:\n    random.seed(seed)\n"
+                "    np.random.seed(seed)\n    torch.manual_seed(seed + 1)\n")
 
     text = finish_repro(project, project.parent / "repro.log")
 
