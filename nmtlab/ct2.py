@@ -200,16 +200,17 @@ def translate_ids(translator, src_batch: list[list[int]], src_pieces: list[str],
     """Source ids (no eos) -> target ids (no bos/eos), as nmt.search.translate_ids does.
 
     src_pieces: source id -> token string; tgt_ids: target token string -> id;
-    max_tokens: the longest source or output the exported positions cover.
+    max_tokens: the longest source or output the exported positions cover (longer
+    sources are cut, as nmt.search.batch_sources cuts them for learned positions).
     """
     by_limit: dict[int, list[int]] = {}
     for i, ids in enumerate(src_batch):
-        limit = min(int(max_len_a * len(ids) + max_len_b), max_tokens - 1)
+        limit = min(int(max_len_a * len(ids) + max_len_b), max_tokens)
         by_limit.setdefault(limit, []).append(i)
     out: list[list[int]] = [[] for _ in src_batch]
     for limit, rows in by_limit.items():
         results = translator.translate_batch(
-            [[src_pieces[t] for t in src_batch[i][:max_tokens - 1]] for i in rows],
+            [[src_pieces[t] for t in src_batch[i][:max_tokens]] for i in rows],
             beam_size=beam_size, num_hypotheses=beam_size, return_scores=True,
             # Scores stay raw log-probabilities (re-ranked below); 0 itself would let
             # CTranslate2 stop once its best beam ends, before k hypotheses have closed.

@@ -39,7 +39,7 @@ def to_ct2(model, tmp_path, quantization: str = "float32"):
 def decode(translator, model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
     return ct2.translate_ids(translator, src, PIECES, TGT_IDS, beam_size=beam_size,
                              length_penalty=alpha, max_len_a=1.5, max_len_b=b,
-                             max_tokens=ct2.position_rows(model.cfg) - 1)
+                             max_tokens=ct2.position_rows(model) - 1)
 
 
 def reference(model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
@@ -105,3 +105,11 @@ def test_int8_translates_close_to_float32(copy_model, tmp_path):
     a, b = decode(float32, copy_model, src, 4), decode(int8, copy_model, src, 4)
     assert all(0 <= t < VOCAB for hyp in b for t in hyp)
     assert sum(x == y for x, y in zip(a, b)) >= 0.5 * len(src)
+
+
+def test_learned_positions_cut_long_sources_and_outputs_as_nmt_search(tmp_path):
+    model = small_model(seed=2, positional="learned", max_positions=12).eval()
+    translator = to_ct2(model, tmp_path)
+    src = sentences(30, longest=20, seed=8)  # many longer than the 11 positions left
+    assert any(len(s) > 11 for s in src)
+    assert decode(translator, model, src, 1) == reference(model, src, 1)
