@@ -329,6 +329,11 @@ def base(tmp_path_factory) -> Path:
     params = e2e.deep_update(yaml.safe_load((REPO / "params.yaml").read_text()),
                              yaml.safe_load(yaml.safe_dump(TINY)))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # train fingerprints its code as dvc.yaml lists it, relative to the project
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    for name in ("nmt", "stages"):
+        shutil.copytree(REPO / name, project / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for stage in STAGES:
         result = run_stage(project, stage)
         assert result.returncode == 0, f"{stage}:\n{result.stderr[-3000:]}"

@@ -2,7 +2,10 @@
 Multi30k mirror, and the end-to-end projects are built from tests/fixtures/multi30k."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,16 @@ def test_tiny_project_needs_no_mirror(tmp_path, monkeypatch):
     lines = (project / "corpus/train.de").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 800 and lines[0].startswith("Zwei junge weiße Männer")
     assert len((project / "corpus/test.en").read_text(encoding="utf-8").splitlines()) == 60
+
+
+@pytest.mark.parametrize("ci, expected", [("true", "1 failed, 1 passed"),
+                                          ("", "1 passed, 1 skipped")])
+def test_under_ci_a_skip_is_a_failure(tmp_path, ci, expected):
+    test_file = tmp_path / "test_skips.py"
+    test_file.write_text("import pytest\n\ndef test_skips():\n    pytest.skip('no mirror')\n\n"
+                         "def test_runs():\n    pass\n")
+    env = dict(os.environ, CI=ci)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
+                           "-p", "no:cacheprovider", str(test_file)], cwd=e2e.REPO, env=env,
+                          capture_output=True, text=True)
+    assert expected in proc.stdout, proc.stdout[-2000:]
