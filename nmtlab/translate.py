@@ -112,6 +112,9 @@ def translate_with_ct2(folder: Path, params: Params, lines: list[str], device_na
                        ) -> list[str]:
     from .ct2 import Ct2Model
 
+    if params.translate.ensemble > 1:
+        log.warning("translate.ensemble is %d, but --ct2 decodes the one exported model",
+                    params.translate.ensemble)
     device = "cuda" if devices.pick(device_name).type == "cuda" else "cpu"
     model = Ct2Model(folder, device=device)
     src = model.tok.encode_src(lines)

@@ -9,6 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import nmt.search as search
+from nmt import checkpoints, paths
+from nmt.model import ModelConfig, Seq2SeqTransformer
+from nmt.params import Tokenizer, Translate
+from nmt.tokenizer import train_tokenizers
 from nmtlab import ct2
 from tests.test_search import BOS, EOS, VOCAB, pad, sentences, small_model, train
 
@@ -113,3 +117,22 @@ def test_learned_positions_cut_long_sources_and_outputs_as_nmt_search(tmp_path):
     src = sentences(30, longest=20, seed=8)  # many longer than the 11 positions left
     assert any(len(s) > 11 for s in src)
     assert decode(translator, model, src, 1) == reference(model, src, 1)
+
+
+def test_bench_rows_for_pytorch_and_both_exports(tmp_path, monkeypatch, tiny_pairs):
+    """make bench's CTranslate2 rows: an untrained model, so only their form is checked, and
+    that an empty source is left out of the timing."""
+    monkeypatch.chdir(tmp_path)
+    src, tgt = [p[0] for p in tiny_pairs], [p[1] for p in tiny_pairs]
+    tok = train_tokenizers(Tokenizer(vocab_size=80), src, tgt, paths.PREPARED)
+    cfg = ModelConfig(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size,
+                      d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1,
+                      num_decoder_layers=1, dropout=0.0)
+    model = Seq2SeqTransformer(cfg).eval()
+    checkpoints.save_model(tmp_path / "model.pt", cfg, model.state_dict())
+    rows = ct2.bench(model, tmp_path / "model.pt", tok, tok.encode_src(src[:20]) + [[]],
+                     tgt[:20] + [""], Translate(max_len_b=3), "cpu", repeats=1)
+    assert list(rows) == ["pytorch", "ct2_float32", "ct2_int8"]
+    assert rows["pytorch"]["same_as_pytorch"] == 1.0
+    for row in rows.values():
+        assert row["sentences"] == 20 and row["sentences_per_s"] > 0 and row["bleu"] >= 0
