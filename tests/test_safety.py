@@ -439,3 +439,28 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
 
     resumed = Trainer(p, tiny_cfg(), data, data[:1], state_dir, "fp")
     assert resumed.progress.step == 4  # a rerun (with a fix) continues from there
+
+
+# --- one home each: the checkpoint folder's names, a file's sha256 ------------------------------
+
+def test_checkpoint_names_and_file_hashing_live_in_one_place_each(tmp_path):
+    """epoch_NNN.pt is spelled only in nmt/checkpoints.py, and a file's sha256 is computed only
+    by nmt.fsio.sha256_file; other modules call them."""
+    epoch_name = re.compile(r"""["']epoch_[{\\(*]""")
+    file_hash = re.compile(r"def \w*sha256\w*\(")
+    spelled, hashed = [], []
+    for path in sorted(p for d in ("nmt", "stages", "nmtlab") for p in (REPO / d).rglob("*.py")):
+        text, rel = path.read_text(encoding="utf-8"), str(path.relative_to(REPO))
+        if epoch_name.search(text) and rel != "nmt/checkpoints.py":
+            spelled.append(rel)
+        if file_hash.search(text) and rel != "nmt/fsio.py":
+            hashed.append(rel)
+    assert spelled == [] and hashed == [], (spelled, hashed)
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("epoch_010.pt", "epoch_002.pt", ".tmp-epoch_003.pt.x1", "epoch_004.pt.sha256",
+                 "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert checkpoints.list_epochs(folder) == [2, 10]
+    assert checkpoints.epoch_path(folder, 7) == folder / "epoch_007.pt"
