@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nmtlab import hypotheses
 from nmtlab.report import compare, experiments, markdown
 from nmtlab.report import significance as sig
 from nmtlab.report.__main__ import write_figures
@@ -243,7 +242,7 @@ def test_report_pools_queued_replicates_and_a_plain_sweep(project):
 @needs_mirror
 def test_rerunning_the_queue_queues_only_missing_or_failed_runs(project, tmp_path):
     again = nmtlab(project, "hypotheses", "queue", "--seeds", "3").stdout
-    queued = re.findall(r"^queued (\S+)", again, re.M)
+    queued = re.findall(r"^queued ([^\s:]+)", again, re.M)
     assert sorted(queued) == ["baseline-s3", "gelu-s3"], again
     assert "queued gelu-s3 (again: it failed)" in again
     assert "4 skipped" in again

@@ -4,6 +4,9 @@ experiments (reports/runs/), then reports/experiments.md and its figures from th
     nmtlab report                  records from DVC, then the report
     nmtlab report --collect        only write/refresh the records
     nmtlab report --records-only   the report from the committed records alone (fresh clone)
+
+Only experiments run on the checked-out commit's code (nmt/, stages/, dvc.yaml) get a
+record, unless --all-code; the report shows every record, one section per code version.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from nmt.params import load
 
 from . import figures
 from .compare import Group, group_runs
-from .experiments import RECORDS, collect, dvc_exp_show, load_records, parse_exp_show
+from .experiments import (RECORDS, code_hash, collect, dvc_exp_show, load_records,
+                          parse_exp_show)
 from .markdown import render
 
 log = logging.getLogger("nmt.report")
@@ -57,12 +61,17 @@ def write_figures(groups: list[Group], dpi: int, out_dir: Path) -> dict[str, dic
 
 @main_entry
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="nmtlab report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="nmtlab report", description="Write the run records of finished experiments "
+        f"({RECORDS}/), then {REPORT} and its figures from the records.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--collect", action="store_true",
                       help=f"only write the records of finished experiments ({RECORDS}/)")
     mode.add_argument("--records-only", action="store_true",
                       help="build the report from the committed records; do not ask DVC")
+    parser.add_argument("--all-code", action="store_true",
+                        help="record experiments run on any code version, not only on the "
+                             "code of the checked-out commit")
     args = parser.parse_args()
     logging.getLogger("sacrebleu").setLevel(logging.WARNING)
     if not Path(".dvc").is_dir():
@@ -72,7 +81,7 @@ def main() -> None:
     unfinished, written = [], []
     if not args.records_only:
         runs = parse_exp_show(dvc_exp_show())
-        written = collect(runs)
+        written = collect(runs, code=None if args.all_code else code_hash("HEAD"))
         unfinished = [r for r in runs if r.state in ("failed", "queued", "running")]
         log.info("%d record(s) written to %s", len(written), RECORDS)
         if args.collect:

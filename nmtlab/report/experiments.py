@@ -248,10 +248,12 @@ def load_records(folder: Path = RECORDS) -> list[Run]:
     return runs
 
 
-def collect(runs: list[Run], repo: str = ".", folder: Path = RECORDS) -> list[Path]:
+def collect(runs: list[Run], repo: str = ".", folder: Path = RECORDS,
+            code: str | None = None) -> list[Path]:
     """Write (or refresh) the record of every finished run in `runs` whose outputs DVC still
-    has; a commit's own results that an experiment's record already holds (the same
-    translations, restored from the cache) get none. Returns the records written."""
+    has, only those run on `code` (a code_hash) when given; a commit's own results that an
+    experiment's record already holds (the same translations, restored from the cache) get
+    none. Returns the records written."""
     written = []
     known = {r.outputs_sha256 for r in load_records(folder)} if folder.is_dir() else set()
     # experiments first, so a commit whose results an experiment reproduced is the duplicate
@@ -266,6 +268,8 @@ def collect(runs: list[Run], repo: str = ".", folder: Path = RECORDS) -> list[Pa
             if old.get("timestamp", "") > run.timestamp:
                 continue  # a later run of the same name is recorded
         run.code = code_hash(run.baseline_rev, repo)
+        if code is not None and run.code != code:
+            continue
         read_outputs(run, repo)
         if run.state != "success":
             log.warning("%s: no record: %s", run.name, run.error)
