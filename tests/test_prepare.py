@@ -195,7 +195,8 @@ def _fake_prepared(project: Path, n: int) -> None:
 
 
 def _subsample(project: Path, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    result = run_stage(project, "subsample", {"seed": seed, "subsample": {"fraction": fraction}})
+    result = run_stage(project, "subsample", {"seed": 99,  # training's seed: not the draw's
+                                              "subsample": {"fraction": fraction, "seed": seed}})
     assert result.returncode == 0, result.stderr
     out = project / "data/subsampled"
     assert {p.name for p in out.iterdir()} == {"train.src", "train.tgt", "stats.json"}
