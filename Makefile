@@ -20,7 +20,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup setup-test lock repro show test test-fast report bench full hypotheses \
-	queue-hypotheses run-queue loss-check
+	queue-hypotheses run-queue sweep loss-check
 
 setup: $(VENV)/.installed
 
@@ -81,6 +81,13 @@ run-queue: setup
 	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$cores / $(JOBS) > 0 ? $$cores / $(JOBS) : 1 ))}; \
 	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
 	$(DVC) queue status; $(VENV)/bin/nmtlab show; exit $$status
+
+# The catalogue with training seeds (SEEDS, default 3; the baseline BASELINE_SEEDS, default 6),
+# queued, run JOBS at a time and reported; rerun it to continue a sweep cut short.
+sweep: setup
+	$(MAKE) queue-hypotheses SEEDS=$(or $(SEEDS),3) BASELINE_SEEDS=$(or $(BASELINE_SEEDS),6) \
+	  NAMES="$(NAMES)"
+	$(MAKE) run-queue JOBS=$(JOBS); status=$$?; $(MAKE) report && exit $$status
 
 # Every experiment against its baseline, pooled over training seeds, with significance:
 # writes the run records reports/runs/*.json (commit them), then reports/experiments.md + PNGs.
