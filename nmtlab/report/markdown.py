@@ -104,7 +104,8 @@ def _group(g: Group, figures: dict[str, str], several: bool, index: int) -> list
             holm + (f" (p {_p(corr['holm'])})" if corr else ""),
             bh + (f" (q {_p(corr['bh'])})" if corr else "")]) + " |")
     out += ["", "Both metrics for every hypothesis (the named one is in the table above):", "",
-            "| hypothesis | ΔBLEU [95% CI] | p | verdict | Δ val loss [95% CI] | p | verdict |",
+            "| hypothesis | ΔBLEU [95% CI] | p | verdict | Δ val loss [95% CI] | p (val loss) "
+            "| verdict (val loss) |",
             "|---|--:|--:|---|--:|--:|---|"]
     for arm in g.arms:
         b, v = g.tests[arm.name]["bleu"], g.tests[arm.name]["val_loss"]
