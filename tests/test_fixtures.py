@@ -50,7 +50,7 @@ def test_tiny_project_needs_no_mirror(tmp_path, monkeypatch):
                                           ("", "1 passed, 1 skipped")])
 def test_under_ci_a_skip_is_a_failure(tmp_path, ci, expected):
     test_file = tmp_path / "test_skips.py"
-    test_file.write_text("import pytest\n\ndef test_skips():\n    pytest.skip('no mirror')\n\n"
+    test_file.write_text("import pytest\n\ndef test_skips():\n    pytest.skip('no tool')\n\n"
                          "def test_runs():\n    pass\n")
     env = dict(os.environ, CI=ci)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",

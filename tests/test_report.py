@@ -181,7 +181,6 @@ def table(md: str, header_start: str) -> dict[str, dict[str, str]]:
 
 
 # ---- end to end: tiny replicates queued and run with the real dvc --------------------------
-needs_mirror = pytest.mark.skipif(not e2e.MIRROR.is_dir(), reason="no Multi30k mirror")
 TINY_CATALOGUE = """hypotheses:
   - {name: baseline, hypothesis: The reference., report: r, metric: bleu, set: {}}
   - {name: gelu, hypothesis: GELU lowers the validation loss., report: r, metric: val_loss,
@@ -216,7 +215,6 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_report_pools_queued_replicates_and_a_plain_sweep(project):
     md = (project / "reports/experiments.md").read_text()
     rows = table(md, "| hypothesis | params changed")
@@ -239,7 +237,6 @@ def test_report_pools_queued_replicates_and_a_plain_sweep(project):
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_rerunning_the_queue_queues_only_missing_or_failed_runs(project, tmp_path):
     again = nmtlab(project, "hypotheses", "queue", "--seeds", "3").stdout
     queued = re.findall(r"^queued ([^\s:]+)", again, re.M)
@@ -250,7 +247,6 @@ def test_rerunning_the_queue_queues_only_missing_or_failed_runs(project, tmp_pat
 
 
 @pytest.mark.e2e
-@needs_mirror
 def test_a_fresh_clone_rebuilds_the_report_and_continues_from_the_records(project, tmp_path):
     e2e.commit_all(project, "run records")
     clone = tmp_path / "clone"

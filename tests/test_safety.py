@@ -107,6 +107,8 @@ def test_stage_refuses_checkpoint_with_code(tmp_path, stage, rel):
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     (project / "data/train").mkdir(parents=True)
     (project / "data/train/metrics.json").write_text('{"epochs": 1, "stopped_by": "epochs"}')
+    (project / "data/train/log").mkdir()
+    (project / "data/train/log/epochs.tsv").write_text("epoch\tval_loss\n1\t2.0\n")
     marker = tmp_path / "MARKER"
     evil_model_file(project / rel, marker)
     outputs = {p for p in project.rglob("*")}
