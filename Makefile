@@ -54,7 +54,8 @@ show: setup
 test: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q tests
 
-# Unit tests only (seconds).
+# Unit tests only (-m "not e2e"): no dvc, no real Multi30k, no download; minutes, not
+# seconds (about 9 min wall, 2.6 min CPU, on a 2-core machine under heavy load).
 test-fast: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not e2e" tests
 

@@ -106,6 +106,7 @@ def test_missing_file_names_key_and_path(tiny_corpus, tmp_path):
 
 # --- Multi30k ----------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_the_real_multi30k_matches_its_pinned_checksums(multi30k_mirror, tmp_path, monkeypatch):
     """The real files: from the mirror when there is one, else downloaded (no skip)."""
     if multi30k_mirror is None:

@@ -57,3 +57,14 @@ def test_under_ci_a_skip_is_a_failure(tmp_path, ci, expected):
                            "-p", "no:cacheprovider", str(test_file)], cwd=e2e.REPO, env=env,
                           capture_output=True, text=True)
     assert expected in proc.stdout, proc.stdout[-2000:]
+
+
+def test_tests_running_real_stages_on_a_built_project_are_marked_e2e():
+    """make test-fast (-m "not e2e") leaves out the bad-input table (it builds a project with
+    all seven stages), the determinism runs and the tests of the real Multi30k."""
+    slow = ["tests/test_bad_input.py", "tests/test_determinism.py",
+            "tests/test_corpus.py::test_the_real_multi30k_matches_its_pinned_checksums",
+            "tests/test_prepare.py::test_prepare_and_subsample_multi30k_en_de"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e",
+                           *slow], cwd=e2e.REPO, capture_output=True, text=True)
+    assert re.search(r"no tests collected \(\d+ deselected\)", proc.stdout), proc.stdout[-2000:]

@@ -164,6 +164,7 @@ def test_prepare_checksum_mismatch(tmp_path):
     assert not (project / "data/raw" / bad.name).exists()
 
 
+@pytest.mark.e2e
 def test_prepare_and_subsample_multi30k_en_de(multi30k_mirror, tmp_path):
     """The real Multi30k: from the mirror when there is one, else downloaded (never skipped)."""
     project = tmp_path / "project"
