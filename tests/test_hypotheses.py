@@ -30,6 +30,7 @@ REPORT_NAMES = ["nhead-x2", "ffn-x2", "emb-x2", "enc-layers-x2", "dec-layers-x2"
                 "accum-x8", "gelu", "swa-last-25pct", "exp-decay-0.9", "label-smoothing-0.1",
                 "triangular-lr", "plateau-guard", "best-epoch", "ensemble-last-5",
                 "sgd-after-adam", "final-combination"]
+PROJECT_NAMES = ["stock-kernels"]  # checks of this project's own code, after the report's
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def entry(name: str = "x", **changes) -> dict:
 # ---- the catalogue -------------------------------------------------------------------------
 def test_catalogue_names_every_report_hypothesis_and_a_baseline(catalogue):
     names = [h.name for h in catalogue]
-    assert names == ["baseline", *REPORT_NAMES]
+    assert names == ["baseline", *REPORT_NAMES, *PROJECT_NAMES]
     assert catalogue[0].set == {}
 
 
@@ -111,7 +112,7 @@ def test_the_real_catalogue_lists_and_renders_commands():
     assert lines[0] == "dvc exp run -n baseline"
     assert "dvc exp run -n gelu -S model.activation=gelu" in lines
     assert "dvc exp run -n accum-x4 -S train.accum_steps=4 -S schedule.warmup_steps=50" in lines
-    assert len(lines) == 1 + len(REPORT_NAMES)
+    assert len(lines) == 1 + len(REPORT_NAMES) + len(PROJECT_NAMES)
 
 
 # ---- rendering -----------------------------------------------------------------------------
