@@ -5,11 +5,12 @@ A checkpoint file is one header line followed by the bytes of torch.save:
     NMT-CHECKPOINT 1 sha256=<hex of the payload> bytes=<payload length>\\n
 
 so the checksum travels inside the file and one atomic rename publishes both.
-Loading reads the whole file and checks the header, the length and the sha256
-before torch.load sees a byte; a truncated, bit-flipped or foreign file is a
-one-line UserError, never a traceback and never a silent load. The payload is
-read back with `weights_only=True`, so a file carrying a pickled object that
-would run code is refused even when its checksum matches.
+Loading checks the header, the length and the sha256 of the payload before
+torch.load reads it (from the open file, not a copy in memory); a truncated,
+bit-flipped or foreign file is a one-line UserError, never a traceback and
+never a silent load. The payload is read back with `weights_only=True`, so a
+file carrying a pickled object that would run code is refused even when its
+checksum matches.
 
 A model file's payload is a plain dict {"format", "config", "state_dict",
 "info"}; its config and tensor shapes are checked against this code's model
@@ -26,7 +27,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -63,14 +64,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> A
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
-    payload = _verified_payload(path, data)
-    try:
-        with warnings.catch_warnings():  # torch's note on the pickle protocol is not for users
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            start = _verified_payload_start(path, f)
+            f.seek(start)  # torch reads the payload from here: no copy of the file in memory
+            with warnings.catch_warnings():  # torch's note on the pickle protocol is not for users
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return torch.load(f, map_location=map_location, weights_only=True)
+    except UserError:
+        raise
     except pickle.UnpicklingError as e:
         if code := re.search(r"GLOBAL ([\w.]+)", str(e)):
             raise UserError(f"{path}: refused to load: it holds a pickled object other than "
@@ -79,29 +80,34 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> A
         what = m[0].strip() if (m := re.search(r"Unsupported [^\n.]+", str(e))) else "?"
         raise UserError(f"{path}: refused to load: its payload is not weights in torch's "
                         f"format ({what}); load only checkpoints this project wrote") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - any failure of torch's reader is an unreadable file
         raise UserError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
 
 
-def _verified_payload(path: Path, data: bytes) -> bytes:
-    if not data:
+def _verified_payload_start(path: Path, f: BinaryIO) -> int:
+    """Where the payload of the open checkpoint `f` starts, once its length and sha256 match
+    the header's."""
+    head = f.read(_HEADER_MAX)
+    if not head:
         raise UserError(f"{path}: checkpoint is empty (truncated write?)")
-    header = _HEADER.match(data[:_HEADER_MAX])
+    header = _HEADER.match(head)
     if header is None:
-        if MAGIC.startswith(data[:len(MAGIC)]):
+        if MAGIC.startswith(head[:len(MAGIC)]):
             raise UserError(f"{path}: checkpoint is corrupt (its header line is damaged or cut off)")
         raise UserError(f"{path}: not a checkpoint of this project (no '{MAGIC.decode().strip()}' "
                         f"header: another program's file, or from an older version)")
-    payload = data[header.end():]
-    want_size = int(header[2])
-    if len(payload) != want_size:
-        how = "truncated" if len(payload) < want_size else "longer than written"
-        raise UserError(f"{path}: checkpoint is corrupt ({how}: {len(payload)} bytes after the "
+    start, want_size = header.end(), int(header[2])
+    size = os.fstat(f.fileno()).st_size - start
+    if size != want_size:
+        how = "truncated" if size < want_size else "longer than written"
+        raise UserError(f"{path}: checkpoint is corrupt ({how}: {size} bytes after the "
                         f"header, {want_size} expected)")
-    want, got = header[1].decode(), hashlib.sha256(payload).hexdigest()
+    want, got = header[1].decode(), fsio.sha256_file(path, start=start)
     if got != want:
         raise UserError(f"{path}: checkpoint is corrupt (sha256 {got[:12]}…, expected {want[:12]}…)")
-    return payload
+    return start
 
 
 def _first_line(e: BaseException) -> str:

@@ -115,10 +115,11 @@ def sweep_leftovers(*outputs: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
+def sha256_file(path: str | os.PathLike, start: int = 0) -> str:
+    """Hex sha256 of a file's bytes from offset `start` on, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        f.seek(start)
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
