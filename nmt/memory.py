@@ -23,7 +23,6 @@ import torch
 from . import device as devices
 from .batching import Batch, collate, group_by_tokens
 from .errors import UserError
-from .loss import linear_cross_entropy
 from .model import ModelConfig, Seq2SeqTransformer
 from .optim import build_optimizer
 from .params import Params
@@ -152,7 +151,7 @@ def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
 def training_step(params: Params, cfg: ModelConfig, device: torch.device,
                   bf16: bool) -> Callable[[Batch], None]:
     """One optimizer step of a fresh model as the trainer runs it (forward under autocast,
-    the fused loss, backward, Adam's state), for probing only."""
+    the model.kernels' loss head, backward, Adam's state), for probing only."""
     model = Seq2SeqTransformer(cfg).to(device)
     optimizer = build_optimizer(params.optim, model, "main")
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -162,8 +161,9 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
         optimizer.zero_grad(set_to_none=True)
         with devices.autocast(device, bf16):
             hidden = model.features(b.src, b.tgt_in)
-        loss_sum, _ = linear_cross_entropy(hidden, model.out_proj.weight, b.tgt_out,
-                                           params.loss.label_smoothing, cfg.pad_id, dtype=dtype)
+        loss_sum, _ = model.kernels.loss_head(hidden, model.out_proj.weight, b.tgt_out,
+                                              params.loss.label_smoothing, cfg.pad_id,
+                                              dtype=dtype)
         (loss_sum / b.n_tgt_tokens).backward()
         optimizer.step()
 
