@@ -148,7 +148,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
 
 
 # Settings that may differ between a train.init_from file and the model trained from it.
-TRAINING_ONLY = ("dropout", "attention_dropout")
+TRAINING_ONLY = ("dropout", "attention_dropout", "kernels")
 
 
 def load_init(path: str | os.PathLike, cfg: ModelConfig) -> dict[str, torch.Tensor]:
