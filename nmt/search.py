@@ -1,5 +1,8 @@
 """Batched greedy and beam search over the Transformer's decoder.
 
+`translate_all` is the one loop over a corpus (the translate stage, nmtlab translate
+and bench use it); `translate_ids` decodes one batch.
+
 Sentences are decoded together: greedy keeps one row per sentence, beam search
 k rows per sentence, sentence-major (row = sentence * k + beam). A sentence
 that is done leaves the batch (`select`), so each step only pays for the
