@@ -73,7 +73,7 @@ def launch_command(train: Train, module: str) -> list[str] | None:
 
 def launch(cmd: list[str]) -> None:
     """Run the stage under torchrun and leave with its exit status."""
-    log.info("training on %s process(es) per machine: %s", cmd[3].split("=")[1], " ".join(cmd))
+    log.info("running the stage under torchrun: %s", " ".join(cmd))
     sys.exit(subprocess.run(cmd).returncode)
 
 
