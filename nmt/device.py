@@ -35,13 +35,14 @@ def cuda_device() -> torch.device:
     """The GPU this process trains or translates on.
 
     Under torchrun each rank takes its LOCAL_RANK. Otherwise, with several visible GPUs,
-    the process claims the first one no other run holds (`claim_gpu`), so the workers of
+    the process claims the first one no other run holds (`claim_gpus`), so the workers of
     `dvc queue start -j N` spread over N GPUs instead of all landing on GPU 0."""
     if "LOCAL_RANK" in os.environ:
         index = int(os.environ["LOCAL_RANK"])
     elif torch.cuda.device_count() > 1:
         if "index" not in _claimed:
-            _claimed["index"], _claimed["file"] = claim_gpu(visible_gpus(), gpu_lock_dir())
+            [(_claimed["index"], _claimed["file"])] = claim_gpus(1, visible_gpus(),
+                                                                 gpu_lock_dir())
         index = _claimed["index"]
     else:
         return torch.device("cuda")
@@ -68,15 +69,18 @@ def gpu_lock_dir() -> Path:
     return Path(os.environ.get("DVC_ROOT", ".")) / ".dvc" / "tmp" / "gpu-locks"
 
 
-def claim_gpu(gpus: list[str], lock_dir: Path, poll_seconds: float = 5.0) -> tuple[int, IO]:
-    """(index into `gpus`, open lock file) of the first GPU whose lock file no other process
-    holds an exclusive flock on; waits while every one is held. The kernel drops the lock
-    when the process ends, however it ends, so a killed run frees its GPU."""
+def claim_gpus(n: int, gpus: list[str], lock_dir: Path,
+               poll_seconds: float = 5.0) -> list[tuple[int, IO]]:
+    """(index into `gpus`, open lock file) of the first `n` GPUs whose lock files no other
+    process holds an exclusive flock on; waits, holding none, until `n` are free at once
+    (two runs each holding part of what they need would wait for each other forever). The
+    kernel drops a lock when its process ends, however it ends: a killed run frees its GPUs."""
     import fcntl
 
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
+        held: list[tuple[int, IO]] = []
         for index, gpu in enumerate(gpus):
             f = open(lock_dir / f"gpu-{gpu.replace('/', '_')}.lock", "a")
             try:
@@ -84,11 +88,16 @@ def claim_gpu(gpus: list[str], lock_dir: Path, poll_seconds: float = 5.0) -> tup
             except BlockingIOError:
                 f.close()
                 continue
-            log.info("using GPU %s (index %d; claimed in %s)", gpu, index, lock_dir)
-            return index, f
+            held.append((index, f))
+            if len(held) == n:
+                log.info("using GPU %s (claimed in %s)",
+                         ", ".join(gpus[i] for i, _ in held), lock_dir)
+                return held
+        for _, f in held:
+            f.close()
         if not waited:
-            log.info("all %d GPUs are claimed by other runs (%s): waiting for one",
-                     len(gpus), lock_dir)
+            log.info("fewer than %d of the %d GPUs are free (%s): waiting", n, len(gpus),
+                     lock_dir)
             waited = True
         time.sleep(poll_seconds)
 

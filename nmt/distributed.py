@@ -22,6 +22,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from . import device as devices
 from .errors import UserError
 from .params import Train
 
@@ -71,10 +72,17 @@ def launch_command(train: Train, module: str) -> list[str] | None:
     return cmd + ["-m", module]
 
 
-def launch(cmd: list[str]) -> None:
-    """Run the stage under torchrun and leave with its exit status."""
+def launch(cmd: list[str], train: Train) -> None:
+    """Run the stage under torchrun and leave with its exit status. With several GPUs the
+    ranks get nproc_per_node of them that no other run claimed (nmt/device.py), held until
+    torchrun ends, so a multi-GPU run can share a machine with queued one-GPU runs."""
+    env = dict(os.environ)
+    if train.device != "cpu" and torch.cuda.device_count() > 1:
+        gpus = devices.visible_gpus()
+        held = devices.claim_gpus(train.nproc_per_node, gpus, devices.gpu_lock_dir())
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i] for i, _ in held)
     log.info("running the stage under torchrun: %s", " ".join(cmd))
-    sys.exit(subprocess.run(cmd).returncode)
+    sys.exit(subprocess.run(cmd, env=env).returncode)
 
 
 def init(device: torch.device) -> None:

@@ -58,7 +58,7 @@ def fit_positions(train: tuple[list, list], val: tuple[list, list], val_path, li
 def main() -> None:
     params = load()
     if cmd := distributed.launch_command(params.train, "stages.train"):
-        distributed.launch(cmd)  # this stage again, once per rank, under torchrun
+        distributed.launch(cmd, params.train)  # this stage again, once per rank, under torchrun
     fsio.sweep_leftovers(paths.TRAIN)  # what a kill left: '.tmp-*' state and epoch files too
     devices.set_threads(params.train.num_threads)
     device = devices.pick(params.train.device)  # the one choice; fails fast without CUDA

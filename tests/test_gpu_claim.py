@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from nmt import device as devices
+from nmt import device as devices, distributed
+from nmt.params import Train
 
 
 def hold(lock_dir: Path, gpu: str):
@@ -23,11 +25,11 @@ def hold(lock_dir: Path, gpu: str):
 
 def test_claims_the_first_gpu_no_other_run_holds(tmp_path):
     other = hold(tmp_path, "0")
-    first, f1 = devices.claim_gpu(["0", "1", "2"], tmp_path)
-    second, f2 = devices.claim_gpu(["0", "1", "2"], tmp_path)
+    [(first, f1)] = devices.claim_gpus(1, ["0", "1", "2"], tmp_path)
+    [(second, f2)] = devices.claim_gpus(1, ["0", "1", "2"], tmp_path)
     assert (first, second) == (1, 2)
     f1.close()  # that run ended: its GPU is free again
-    third, f3 = devices.claim_gpu(["0", "1", "2"], tmp_path)
+    [(third, f3)] = devices.claim_gpus(1, ["0", "1", "2"], tmp_path)
     assert third == 1
     for f in (other, f2, f3):
         f.close()
@@ -36,14 +38,60 @@ def test_claims_the_first_gpu_no_other_run_holds(tmp_path):
 def test_waits_while_every_gpu_is_claimed(tmp_path):
     held = [hold(tmp_path, g) for g in ("0", "1")]
     threading.Timer(0.3, held[1].close).start()
-    index, f = devices.claim_gpu(["0", "1"], tmp_path, poll_seconds=0.05)
+    [(index, f)] = devices.claim_gpus(1, ["0", "1"], tmp_path, poll_seconds=0.05)
     assert index == 1
     f.close()
     held[0].close()
 
 
+def test_a_multi_gpu_run_claims_several_free_ones(tmp_path):
+    other = hold(tmp_path, "1")
+    held = devices.claim_gpus(2, ["0", "1", "2", "3"], tmp_path)
+    assert [i for i, _ in held] == [0, 2]
+    for f in (other, *(f for _, f in held)):
+        f.close()
+
+
+def test_waiting_for_several_it_holds_none(tmp_path, monkeypatch):
+    """Two 2-GPU runs on 2 GPUs, each holding one while waiting for the other, would wait
+    forever: a run that cannot get all it needs lets go of what it got."""
+    other = hold(tmp_path, "0")
+    waits = []
+
+    def sleep(seconds):
+        hold(tmp_path, "1").close()  # free while the run waits: it kept nothing
+        waits.append(seconds)
+        other.close()
+
+    monkeypatch.setattr(devices.time, "sleep", sleep)
+    held = devices.claim_gpus(2, ["0", "1"], tmp_path, poll_seconds=0.01)
+    assert [i for i, _ in held] == [0, 1] and waits == [0.01]
+    for _, f in held:
+        f.close()
+
+
+def test_torchrun_gets_the_free_gpus_of_the_machine(monkeypatch, tmp_path):
+    """The launcher of a 2-process run on a 4-GPU machine where GPU 0 is another run's:
+    torchrun sees GPUs 1 and 2 (its ranks' cuda:0 and cuda:1)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv(devices.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    other = hold(tmp_path, "0")
+    seen = {}
+
+    def run(cmd, env):
+        seen.update(cmd=cmd, gpus=env["CUDA_VISIBLE_DEVICES"])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(distributed.subprocess, "run", run)
+    with pytest.raises(SystemExit) as e:
+        distributed.launch(["torchrun", "-m", "stages.train"], Train(nproc_per_node=2))
+    assert e.value.code == 0 and seen["gpus"] == "1,2"
+    other.close()
+
+
 def _claim_and_hold(lock_dir: Path, results, release) -> None:
-    index, _ = devices.claim_gpu(["0", "1", "2", "3"], lock_dir)
+    [(index, _)] = devices.claim_gpus(1, ["0", "1", "2", "3"], lock_dir)
     results.put(index)
     release.wait()  # hold the claim, as a training run does, until the test is done
 
