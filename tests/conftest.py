@@ -39,6 +39,17 @@ def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not crawl when other jobs share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_pairs() -> list[tuple[str, str]]:
     """300 synthetic (German-like, English-like) training pairs."""

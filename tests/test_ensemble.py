@@ -11,12 +11,7 @@ from nmt.ensemble import Ensemble
 from tests.test_search import VOCAB, sentences, small_model, train, translate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def copy_task(seed: int, steps: int):

@@ -18,13 +18,7 @@ VOCAB = 24
 SPECIAL = dict(bos=BOS, eos=EOS, pad=PAD, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not crawl when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(seed: int = 0, vocab: int = VOCAB, layers: int = 2, **config
@@ -89,7 +83,7 @@ def translate(model: Seq2SeqTransformer, src: list[list[int]], beam_size: int, *
 def sequence_logprob(model: Seq2SeqTransformer, src: list[int], hyp: list[int]) -> float:
     """log p(hyp, eos | src), teacher-forced through the full decoder."""
     memory, mask = model.encode(torch.tensor([src + [EOS]]))
-    logits = model.decode(torch.tensor([[BOS] + hyp]), memory, mask)[0]  # (T, V)
+    logits = model.out_proj(model.decode(torch.tensor([[BOS] + hyp]), memory, mask))[0]  # (T, V)
     return F.log_softmax(logits, dim=-1).gather(1, torch.tensor(hyp + [EOS])[:, None]).sum().item()
 
 
