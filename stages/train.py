@@ -5,9 +5,8 @@ import logging
 from pathlib import Path
 
 from nmt import device as devices, distributed, fsio, memory, paths
-from nmt.batching import make_batches, padding_fraction
-from nmt.errors import UserError, main_entry
-from nmt.fsio import read_utf8_lines
+from nmt.batching import encode_pairs, fit_positions, make_batches, padding_fraction
+from nmt.errors import main_entry
 from nmt.model import ModelConfig
 from nmt.params import load
 from nmt.publish import publish
@@ -18,40 +17,6 @@ from nmt.trainer import Trainer
 from nmt.trainlog import LiveLog
 
 log = logging.getLogger("nmt.train")
-
-
-def encode_pairs(tok: Tokenizers, src_path, tgt_path) -> tuple[list, list]:
-    """Encode a parallel file pair into token ids."""
-    return (tok.encode_src(read_utf8_lines(src_path)),
-            tok.encode_tgt(read_utf8_lines(tgt_path)))
-
-
-def too_long(src: list, tgt: list, limit: int) -> list[int]:
-    """Indices of the pairs with a side over `limit` tokens: the model's position table
-    (model.max_positions) holds `limit` tokens plus the eos/bos each side gets."""
-    return [i for i, (s, t) in enumerate(zip(src, tgt)) if max(len(s), len(t)) > limit]
-
-
-def fit_positions(train: tuple[list, list], val: tuple[list, list], val_path, limit: int
-                  ) -> tuple[list, list]:
-    """The training pairs that fit model.max_positions, the others dropped and counted.
-    A validation pair that does not fit is an error: the validation loss must cover the
-    whole validation set, or runs with different max_positions would not compare."""
-    if bad := too_long(*val, limit):
-        longest = max(max(len(val[0][i]), len(val[1][i])) for i in bad)
-        raise UserError(f"model.max_positions: {len(bad)} validation pairs in {val_path} are "
-                        f"longer than its {limit} tokens (+ eos), the longest {longest}; "
-                        f"raise it to at least {longest + 1}")
-    src, tgt = train
-    if not (bad := set(too_long(src, tgt, limit))):
-        return src, tgt
-    log.warning("%d of %d training pairs are longer than model.max_positions allows (%d tokens "
-                "+ eos): left out", len(bad), len(src), limit)
-    if len(bad) == len(src):
-        raise UserError(f"model.max_positions: every training pair is longer than {limit} "
-                        f"tokens (+ eos); raise it")
-    keep = [i for i in range(len(src)) if i not in bad]
-    return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
 @main_entry

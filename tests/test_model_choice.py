@@ -11,7 +11,7 @@ from nmt.errors import UserError
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.params import Swa, from_dict
 from nmt.resume import Progress
-from stages.swa_average import ranked
+from nmt.averaging import ranked
 
 LOSS = {1: 3.0, 2: 2.2, 3: 2.0, 4: 2.1, 5: 2.3}  # validation loss per epoch: best is 3
 

@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from nmt.errors import UserError
-from stages.train import fit_positions
+from nmt.batching import fit_positions
 
 LIMIT = 4  # model.max_positions 5: four tokens plus eos/bos
 
