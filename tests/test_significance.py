@@ -76,6 +76,7 @@ def test_identical_systems_are_no_significant_difference():
     stats = sig.sentence_stats(noisy(refs, 0.2, 0), refs)
     res = sig.paired_bootstrap(stats, stats)
     assert res["delta"] == 0 and res["delta_low"] == res["delta_high"] == 0
+    assert res["p_value"] == 1.0  # every resample ties Δ = 0 (sacreBLEU's count gives 0.001)
     assert sig.verdict(float(res["delta"]), float(res["p_value"])) == "no significant difference"
 
 

@@ -101,14 +101,16 @@ def paired_bootstrap(base: np.ndarray, exp: np.ndarray, n_samples: int = BOOTSTR
                      seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
     """Koehn's (2004) paired bootstrap of two systems' (..., N, 6) STATS on one test set, as
     sacreBLEU's `--paired-bs` computes its p: the resampled |Δ| centred on their mean, counted
-    against the observed |Δ|, (count + 1) / (B + 1). Returns base_bleu, exp_bleu, delta,
+    against the observed |Δ|, (count + 1) / (B + 1); a resample that ties the observed |Δ|
+    counts (sacreBLEU counts only larger ones, which gives two identical systems p = 0.001).
+    Returns base_bleu, exp_bleu, delta,
     delta_low and delta_high (2.5-97.5% of the resampled Δ) and p_value, as arrays."""
     weights = resample_weights(base.shape[-2], n_samples, seed)
     base_bleu, exp_bleu = corpus_bleu(base), corpus_bleu(exp)
     diffs = resampled_bleu(exp, weights) - resampled_bleu(base, weights)
     delta = exp_bleu - base_bleu
     centred = np.abs(diffs) - np.abs(diffs).mean(axis=-1, keepdims=True)
-    p = ((centred > np.abs(delta)[..., None]).sum(axis=-1) + 1) / (n_samples + 1)
+    p = ((centred >= np.abs(delta)[..., None]).sum(axis=-1) + 1) / (n_samples + 1)
     diffs = np.sort(diffs, axis=-1)
     cut = n_samples // 40  # sacreBLEU's estimate_ci: 2.5% each side
     return {"base_bleu": base_bleu, "exp_bleu": exp_bleu, "delta": delta,
