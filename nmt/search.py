@@ -43,11 +43,13 @@ def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Tran
 
     Sentences are sorted by length (longest first) and decoded in batches of
     cfg.batch_sentences, so a batch holds similar lengths: little padding, and its
-    sentences finish at about the same step. desc: label of a progress bar (None: no bar).
+    sentences finish at about the same step. desc: label of a progress bar (None: no bar;
+    none either when stderr is not a terminal, where the caller logs a line instead).
     """
     order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
     hyps: list[list[int]] = [[] for _ in sources]
-    with tqdm(total=len(order), desc=desc, unit="sentence", disable=desc is None) as bar:
+    with tqdm(total=len(order), desc=desc, unit="sentence",
+              disable=True if desc is None else None) as bar:
         for start in range(0, len(order), cfg.batch_sentences):
             batch = order[start:start + cfg.batch_sentences]
             out = translate_ids(model, [sources[i] for i in batch], beam_size=cfg.beam_size,

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import nmt.search as search
 from nmt.model import ModelConfig, Seq2SeqTransformer
+from nmt.params import Translate
 
 PAD, BOS, EOS = 0, 2, 3
 FIRST_WORD = 4  # ids below are special
@@ -168,3 +169,12 @@ def test_a_model_trained_to_reverse_is_reproduced_by_greedy_and_beam():
     test = five_tokens(50)
     assert translate(model, test, 1) == [s[::-1] for s in test]
     assert translate(model, test, 4) == [s[::-1] for s in test]
+
+
+def test_translate_all_draws_no_progress_bar_into_a_log(model, capsys):
+    """Piped stderr (a log file, a queued run's log) gets no bar frames; the stage logs a line."""
+    cfg = Translate(beam_size=2, batch_sentences=4)
+    hyps = search.translate_all(model, sentences()[:10], cfg, bos=BOS, eos=EOS, pad=PAD,
+                                device="cpu", desc="val")
+    assert len(hyps) == 10
+    assert capsys.readouterr().err == ""
