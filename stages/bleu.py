@@ -18,7 +18,7 @@ log = logging.getLogger("nmt.bleu")
 @main_entry
 def main() -> None:
     params = load()
-    fsio.sweep_leftovers(paths.BLEU_METRICS, paths.BLEU_SIGNATURES)
+    fsio.sweep_leftovers(paths.BLEU_METRICS.parent)
     result: dict = {}
     signatures: dict = {}
     for split in ("val", "test"):
@@ -37,8 +37,10 @@ def main() -> None:
                              for metric in ("bleu", "chrf")}
         log.info("%s: BLEU %.2f, chrF %.2f (%s)", split, result[split]["bleu"],
                  result[split]["chrf"], signatures[split]["bleu"])
-    fsio.write_json(paths.BLEU_SIGNATURES, signatures)
-    fsio.write_json(paths.BLEU_METRICS, result)
+    # both files or neither: one folder replaced whole
+    with fsio.atomic_dir(paths.BLEU_METRICS.parent) as tmp:
+        fsio.write_json(tmp / paths.BLEU_METRICS.name, result)
+        fsio.write_json(tmp / paths.BLEU_SIGNATURES.name, signatures)
 
 
 if __name__ == "__main__":
