@@ -233,6 +233,15 @@ def plan(catalogue: list[Hypothesis], seeds: int = 0,
                                else seeds) + 1)]
 
 
+def to_queue(catalogue: list[Hypothesis], names: list[str], seeds: bool) -> list[Hypothesis]:
+    """The named entries (all when none are named); with seeds, the baseline too, since a
+    pooled verdict compares with the baseline's replicates (those already run are skipped)."""
+    chosen = select(catalogue, names)
+    if seeds and BASELINE not in {h.name for h in chosen}:
+        chosen = [h for h in catalogue if h.name == BASELINE] + chosen
+    return chosen
+
+
 def run_states(repo: Path = Path(".")) -> dict[str, str]:
     """Experiment name -> recorded | success | queued | running | failed: the run records,
     the experiments DVC shows, and the queue's tasks. (A task left running by a worker that
@@ -408,7 +417,8 @@ def main() -> None:
                    help="N: each entry with training seeds 1..N, named ENTRY-sK; only the "
                         "missing or failed ones are queued")
     p.add_argument("--baseline-seeds", type=int, default=0,
-                   help="M: the baseline with seeds 1..M instead (the A/A check needs 6)")
+                   help="M: the baseline with seeds 1..M instead (the A/A check needs 6); "
+                        "with seeds, named entries come with the baseline's replicates")
     p.add_argument("names", nargs="*")
     for name, text in (("start", "start queue workers, wait until the queued experiments ran"),
                        ("wait", "wait until the experiments queued or running now have run")):
@@ -430,8 +440,8 @@ def main() -> None:
     else:
         if args.seeds < 0 or args.baseline_seeds < 0:
             raise UserError("queue: --seeds and --baseline-seeds must be 0 or more")
-        queue(select(catalogue, args.names), force=args.force, seeds=args.seeds,
-              baseline_seeds=args.baseline_seeds)
+        queue(to_queue(catalogue, args.names, bool(args.seeds or args.baseline_seeds)),
+              force=args.force, seeds=args.seeds, baseline_seeds=args.baseline_seeds)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,17 @@ def test_replicates_are_named_after_entry_and_seed(catalogue):
     assert hypotheses.plan(chosen) == [(chosen[0], None), (chosen[1], None)]
 
 
+def test_one_entry_with_seeds_brings_the_baseline_replicates(catalogue):
+    """`make queue-hypotheses SEEDS=3 NAMES=gelu` must queue baseline seeds too: a pooled
+    verdict has nothing to compare with otherwise (it queued gelu-s1..3 alone)."""
+    assert [h.name for h in hypotheses.to_queue(catalogue, ["gelu"], seeds=True)] == [
+        "baseline", "gelu"]
+    assert [h.name for h in hypotheses.to_queue(catalogue, ["gelu"], seeds=False)] == ["gelu"]
+    assert [h.name for h in hypotheses.to_queue(catalogue, ["gelu", "baseline"], True)] == [
+        "gelu", "baseline"]
+    assert len(hypotheses.to_queue(catalogue, [], True)) == len(catalogue)
+
+
 def test_unknown_name_is_refused(catalogue):
     with pytest.raises(UserError, match="no entry named 'gelo'"):
         hypotheses.select(catalogue, ["gelo"])
