@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -161,8 +162,13 @@ def restoring(path: Path, state_dir: Path) -> Iterator[None]:
 def save(state_dir: Path, progress: Progress, model: torch.nn.Module,
          optimizer: torch.optim.Optimizer, schedule_state: dict) -> None:
     path = state_dir / STATE_FILE
-    if path.exists():  # keep the last good state until the new one is whole
-        path.replace(state_dir / PREV_STATE_FILE)
+    if path.exists():  # the last good state becomes prev; state.pt exists at every moment
+        with fsio.atomic_path(state_dir / PREV_STATE_FILE) as tmp:
+            tmp.unlink()
+            try:
+                os.link(path, tmp)  # no copy of the bytes where the filesystem has hard links
+            except OSError:
+                shutil.copyfile(path, tmp)
     checkpoints.save(path, {
         "progress": dataclasses.asdict(progress),
         "model": model.state_dict(),
