@@ -7,7 +7,6 @@ first choice first; translate.ensemble takes its members from that order.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -15,8 +14,7 @@ import torch
 from . import checkpoints, device as devices, fsio, paths, trainlog
 from .errors import UserError
 from .params import Swa, Translate
-from .scoring import score
-from .search import translate_all
+from .search import greedy_bleu
 from .tokenizer import Tokenizers
 
 log = logging.getLogger("nmt.swa")
@@ -70,13 +68,11 @@ def val_bleu(have: list[int], translate: Translate) -> dict[int, float]:
     tok = Tokenizers.load(paths.PREPARED)
     src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "val.src", what="val sources"))
     refs = fsio.read_utf8_lines(paths.PREPARED / "val.tgt", what="val references")
-    greedy = dataclasses.replace(translate, beam_size=1, ensemble=1)
     scores = {}
     for e in have:
         model, _ = checkpoints.load_model(checkpoints.epoch_path(paths.CHECKPOINTS, e), device)
-        hyps = translate_all(model, src, greedy, bos=tok.bos_id, eos=tok.eos_id,
-                             pad=tok.pad_id, device=device)
-        scores[e] = score(tok.decode_tgt(hyps), refs)["bleu"]
+        scores[e] = greedy_bleu(model, src, refs, translate, decode=tok.decode_tgt,
+                                bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id, device=device)
         log.info("epoch %d: greedy validation BLEU %.2f", e, scores[e])
     return scores
 

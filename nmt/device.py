@@ -125,7 +125,18 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+# oneDNN JIT-compiles a bf16 matmul kernel per shape and keeps 1,024 in a cache by default.
+# A full-data epoch has about 140 batch shapes and needs several thousand kernels, so with
+# the default every epoch compiled them all again: 2,400-3,200 tokens/s on 2 cores, against
+# 4,200-4,500 with this capacity once the first epoch has made them (RSS 4.5 GB, flat after
+# that; docs/speed.md). An environment value the user set wins.
+ONEDNN_CACHE_CAPACITY = "16384"
+
+
 def set_threads(n: int) -> None:
+    """Torch's CPU threads (0: its default), and the oneDNN kernel cache's size. Call it
+    before the first matmul: oneDNN reads the capacity when it first builds a kernel."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
     if n > 0:
         torch.set_num_threads(n)
 

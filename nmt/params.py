@@ -165,6 +165,9 @@ class Train:
     init_from: str = ""
     save_every_steps: int = 0  # resume state every N optimizer steps; 0 = each epoch only
     budget_minutes: float = 0.0  # stop cleanly after this much training time; 0 = no budget
+    # Greedy validation BLEU at each epoch end, logged (epochs.tsv val_bleu) beside the
+    # elapsed minutes; costs one greedy pass over the validation set an epoch.
+    val_bleu: bool = False
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # not "off": YAML 1.1 reads it as false
     compile: bool = False  # torch.compile the model (any device; slower on a 2-core CPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -32,6 +32,8 @@ def metrics(trainer: Trainer) -> dict[str, Any]:
         "final_val_loss": rows[-1]["val_loss"] if rows else None,
         "stopped_by": pr.stopped_by or "running",  # live metrics, written as epochs end
         "train_minutes": round(pr.wall_seconds / 60, 2),
+        **({"val_bleu_minutes": round(pr.val_bleu_seconds / 60, 2)}
+           if trainer.p.train.val_bleu else {}),
         "wall_seconds": round(pr.wall_seconds, 1),
         "tokens_seen": pr.tokens_seen,
         "tokens_per_s": round(pr.tokens_seen / max(pr.train_seconds, 1e-9), 1),
@@ -55,7 +57,7 @@ def publish(trainer: Trainer, checkpoints_dir: Path, log_dir: Path,
         checkpoints.copy_epochs(trainer.state_dir / EPOCH_DIR, tmp,
                                 pr.published_epochs(trainer.p.train.keep_checkpoints,
                                                     trainer.p.train.keep_best))
-    trainlog.write(log_dir, pr.published_rows(), pr.step_rows)
+    trainlog.write(log_dir, pr.published_rows(), pr.step_rows, trainer.p.train.val_bleu)
     result = metrics(trainer)
     fsio.write_json(metrics_path, result)
     return result

@@ -54,6 +54,7 @@ class Progress:
     phase: str = "main"  # optimizer phase: main, or sgd after optim.sgd_from_epoch
     train_seconds: float = 0.0  # time in training steps (not validation)
     wall_seconds: float = 0.0  # all time in the stage's loop, validation included
+    val_bleu_seconds: float = 0.0  # of which greedy validation BLEU (train.val_bleu)
     tokens_seen: int = 0  # real target tokens trained on
     epoch_nll: float = 0.0  # running sums of the current epoch
     epoch_tokens: int = 0

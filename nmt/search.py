@@ -24,6 +24,8 @@ Its best closed hypothesis is the translation.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from .device import autocast
 from .model import Seq2SeqTransformer
 from .params import Translate
+from .scoring import score
 
 
 def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Translate, *,
@@ -60,6 +63,25 @@ def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Tran
                 hyps[i] = ids
             bar.update(len(batch))
     return hyps
+
+
+def greedy_bleu(model: Seq2SeqTransformer, sources: list[list[int]], refs: list[str],
+                translate: Translate, *, decode, bos: int, eos: int, pad: int,
+                device: torch.device | str) -> float:
+    """Greedy corpus BLEU of `model` on `sources` against `refs`, with the other translate
+    settings as configured: the validation BLEU training logs (train.val_bleu) and
+    swa.best_by: val_bleu ranks by. `decode` turns target ids into text. The model goes
+    back to the mode it was in."""
+    greedy = dataclasses.replace(translate, beam_size=1, ensemble=1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            hyps = translate_all(model, sources, greedy, bos=bos, eos=eos, pad=pad,
+                                 device=device)
+    finally:
+        model.train(was_training)
+    return score(decode(hyps), refs)["bleu"]
 
 
 def translate_ids(model: Seq2SeqTransformer, src_batch: list[list[int]], *, beam_size: int,

@@ -20,6 +20,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,10 +46,12 @@ class NonFiniteLoss(UserError):
 class Trainer:
     def __init__(self, params: Params, cfg: ModelConfig, train_batches: list[Batch],
                  val_batches: list[Batch], state_dir: Path, fp: str, *,
-                 device: torch.device = torch.device("cpu"), live: LiveLog | None = None):
+                 device: torch.device = torch.device("cpu"), live: LiveLog | None = None,
+                 val_bleu: Callable[[torch.nn.Module], float] | None = None):
         """`fp`: the resume fingerprint (resume.fingerprint); `device`: where to train, as
         the stage picked it from train.device; `live`: where each step's and epoch's row
-        goes as it is made (nmt/trainlog.py)."""
+        goes as it is made (nmt/trainlog.py); `val_bleu`: the model's validation BLEU,
+        logged at each epoch end when given (train.val_bleu), on the main process only."""
         self.p = params
         self.cfg = cfg
         self.train_batches = train_batches
@@ -56,6 +59,7 @@ class Trainer:
         self.state_dir = state_dir
         self.device = device
         self.live = live if distributed.is_main() else None
+        self.val_bleu = val_bleu if distributed.is_main() else None
         self.bf16 = devices.use_bf16(params.train.amp, self.device)
         # A step's window: accum_steps batches on each rank (nmt/distributed.py).
         self.batches_per_step = params.train.accum_steps * distributed.world_size()
@@ -248,7 +252,7 @@ class Trainer:
         """Validate and keep the weights where the budget stopped, and save the state at
         that batch: a continued run (budget raised) trains the rest of this epoch."""
         pr = self.progress
-        pr.stopped_row = self._epoch_row(self._validate())
+        pr.stopped_row = self._epoch_row(*self._validate())
         log.info("epoch %d stopped after %d of %d batches: val loss %.4f", pr.epoch,
                  pr.batch_pos, len(self.train_batches), pr.stopped_row["val_loss"])
         if distributed.is_main():
@@ -257,14 +261,21 @@ class Trainer:
         if self.live:
             self.live.epoch(pr.stopped_row, publish.metrics(self))
 
-    def _validate(self) -> float:
+    def _validate(self) -> tuple[float, float | None]:
+        """(validation loss, greedy validation BLEU or None); their time counts in the
+        run's wall time, not in its training tokens/s."""
         t0 = time.perf_counter()
         val_loss = self.evaluate()
+        bleu = None
+        if self.val_bleu:
+            t1 = time.perf_counter()
+            bleu = self.val_bleu(self.model)
+            self.progress.val_bleu_seconds += time.perf_counter() - t1
         self.progress.wall_seconds += time.perf_counter() - t0
-        return val_loss
+        return val_loss, bleu
 
-    def _epoch_row(self, val_loss: float) -> dict:
-        """This epoch's log row: its training so far and the validation loss."""
+    def _epoch_row(self, val_loss: float, bleu: float | None) -> dict:
+        """This epoch's log row: its training so far, the validation loss (and BLEU)."""
         pr = self.progress
         return {
             "epoch": pr.epoch,
@@ -274,16 +285,19 @@ class Trainer:
             "lr": self.lr(max(pr.step - 1, 0)),
             "seconds": round(pr.epoch_seconds, 2),
             "tokens_per_s": round(pr.epoch_tokens / max(pr.epoch_seconds, 1e-9), 1),
+            "minutes": round(pr.wall_seconds / 60, 3),
+            **({"val_bleu": bleu} if bleu is not None else {}),
         }
 
     def _end_epoch(self) -> None:
         p, pr = self.p, self.progress
-        val_loss = self._validate()
-        row = self._epoch_row(val_loss)
+        val_loss, bleu = self._validate()
+        row = self._epoch_row(val_loss, bleu)
         pr.epoch_rows.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, lr %.2e, %.0f s, %.0f tokens/s",
-                 pr.epoch, row["train_loss"], row["val_loss"], row["lr"], row["seconds"],
-                 row["tokens_per_s"])
+        log.info("epoch %d: train loss %.4f, val loss %.4f%s, lr %.2e, %.0f s, %.0f tokens/s, "
+                 "%.1f minutes so far", pr.epoch, row["train_loss"], row["val_loss"],
+                 "" if bleu is None else f", val BLEU {bleu:.2f}", row["lr"], row["seconds"],
+                 row["tokens_per_s"], row["minutes"])
         if self.lr.end_epoch(pr.epoch, val_loss):
             log.info("plateau guard: validation loss stalled, lr scaled down")
         if val_loss < pr.best_val_loss:

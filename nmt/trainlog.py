@@ -1,7 +1,9 @@
 """The training logs' format, in one place: the trainer writes it, the plots stage
 and the report read it, and dvc.yaml's plots name its columns.
 
-    data/train/log/epochs.tsv   one row per epoch: EPOCH_COLUMNS
+    data/train/log/epochs.tsv   one row per epoch: EPOCH_COLUMNS (minutes: the run's
+                                training minutes so far, validation included), then
+                                val_bleu where train.val_bleu is on
     data/train/log/steps.tsv    one row per optimizer step: STEP_COLUMNS
 
 Tab-separated, a header row, then numbers. A run that a budget stopped
@@ -31,7 +33,9 @@ from .errors import UserError
 EPOCHS_FILE = "epochs.tsv"
 STEPS_FILE = "steps.tsv"
 # A new per-epoch value is a key in the trainer's epoch row and a column here.
-EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ppl", "lr", "seconds", "tokens_per_s")
+EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ppl", "lr", "seconds", "tokens_per_s",
+                 "minutes")
+BLEU_COLUMN = "val_bleu"  # greedy validation BLEU, with train.val_bleu
 STEP_COLUMNS = ("step", "lr", "train_loss")
 
 _RERUN = "rerun the stage that wrote it"
@@ -50,10 +54,16 @@ def text(rows: list[dict], columns: tuple[str, ...]) -> str:
     return header(columns) + "".join(line(r, columns) for r in rows)
 
 
-def write(log_dir: Path, epoch_rows: list[dict], step_rows: list[dict]) -> None:
+def epoch_columns(val_bleu: bool) -> tuple[str, ...]:
+    """The epoch log's columns: val_bleu last where the run logs it."""
+    return EPOCH_COLUMNS + ((BLEU_COLUMN,) if val_bleu else ())
+
+
+def write(log_dir: Path, epoch_rows: list[dict], step_rows: list[dict],
+          val_bleu: bool = False) -> None:
     """Both logs into `log_dir`, replacing it whole (atomically)."""
     with fsio.atomic_dir(log_dir) as tmp:
-        fsio.write_text(tmp / EPOCHS_FILE, text(epoch_rows, EPOCH_COLUMNS))
+        fsio.write_text(tmp / EPOCHS_FILE, text(epoch_rows, epoch_columns(val_bleu)))
         fsio.write_text(tmp / STEPS_FILE, text(step_rows, STEP_COLUMNS))
 
 
@@ -89,8 +99,11 @@ def parse(content: str, source: str) -> list[dict[str, float]]:
 class LiveLog:
     """The logs of a running training, appended as it goes (see the module docstring)."""
 
-    def __init__(self, log_dir: Path, live_dir: Path, metrics_path: Path):
+    def __init__(self, log_dir: Path, live_dir: Path, metrics_path: Path,
+                 val_bleu: bool = False):
         self.log_dir, self.live_dir, self.metrics_path = log_dir, live_dir, metrics_path
+        self.val_bleu = val_bleu
+        self.epoch_columns = epoch_columns(val_bleu)
         self._files: dict[str, Any] = {}
         self._live: dict[str, Any] = {}
 
@@ -98,7 +111,7 @@ class LiveLog:
         """Rewrite every live file from the rows so far (a resumed run's saved ones)."""
         from dvclive import Live  # imports dvc: only where a run logs live
 
-        write(self.log_dir, epoch_rows, step_rows)
+        write(self.log_dir, epoch_rows, step_rows, self.val_bleu)
         for name in (EPOCHS_FILE, STEPS_FILE):
             self._files[name] = open(self.log_dir / name, "a", encoding="utf-8", buffering=1)
         for kind in ("epochs", "steps"):  # a fresh Live clears what it logged before
@@ -107,7 +120,7 @@ class LiveLog:
         for row in step_rows:
             self._log("steps", row, STEP_COLUMNS)
         for row in epoch_rows:
-            self._log("epochs", row, EPOCH_COLUMNS)
+            self._log("epochs", row, self.epoch_columns)
         for live in self._live.values():
             live.make_summary()
 
@@ -117,9 +130,9 @@ class LiveLog:
 
     def epoch(self, row: dict, metrics: dict) -> None:
         """An epoch ended (or a budget stopped it): its row, and the run's metrics so far."""
-        self._files[EPOCHS_FILE].write(line(row, EPOCH_COLUMNS))
+        self._files[EPOCHS_FILE].write(line(row, self.epoch_columns))
         self._live["steps"].make_summary()
-        self._log("epochs", row, EPOCH_COLUMNS)
+        self._log("epochs", row, self.epoch_columns)
         self._live["epochs"].next_step()  # metrics.json, and VS Code's signal in queued runs
         fsio.write_json(self.metrics_path, metrics)
 

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -28,9 +29,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from nmt import checkpoints, device as devices, fsio, memory, paths
-from nmt.batching import collate, make_batches, padding_fraction
+from nmt.batching import collate, epoch_order, make_batches, padding_fraction
 from nmt.errors import UserError, main_entry
 from nmt.model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
 from nmt.params import Params, Translate, load
@@ -214,6 +216,54 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
     }
 
 
+def bench_sustained(params: Params, tok: Tokenizers, src: list, tgt: list,
+                    device: torch.device, steps: int, window: int = 100) -> dict:
+    """Training speed over a long run: `steps` train steps on the real batches of all the
+    given pairs, in the trainer's shuffled epoch orders, one process from a fresh model.
+    Tokens/s of the first `window` steps against the last `window`, and the process's RSS
+    after each. The last window replays the first window's batches in the same order, so
+    the two differ only in what the steps between did to the process (kernel caches,
+    memory), not in their sentence lengths."""
+    import psutil
+
+    cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                  tok.shared, tok.pad_id)
+    batch_tokens = params.train.batch_tokens
+    if batch_tokens == "auto":
+        batch_tokens = 4096
+    batches = make_batches(src, tgt, batch_tokens, seed=params.seed, pad=tok.pad_id,
+                           bos=tok.bos_id, eos=tok.eos_id)
+    steps = max(steps, 2 * window)
+    order = [i for epoch in range(1, steps // len(batches) + 2)
+             for i in epoch_order(len(batches), params.seed, epoch)][:steps - window]
+    order += order[:window]
+    proc = psutil.Process()
+    windows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(params, cfg, batches, batches[:1], Path(tmp) / "state", "bench",
+                          device=device)
+        for start in tqdm(range(0, steps, window), desc="sustained", unit="window",
+                          disable=None):
+            ids = order[start:start + window]
+            sync(device)
+            t0 = time.perf_counter()
+            for i in ids:
+                trainer.train_step([batches[i]])
+            sync(device)
+            tokens = sum(batches[i].n_tgt_tokens for i in ids)
+            windows.append({"steps": f"{start + 1}-{start + len(ids)}",
+                            "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1),
+                            "rss_mb": round(proc.memory_info().rss / 2**20, 1)})
+    first, last = windows[0], windows[-1]
+    shapes = {(b.src.shape, b.tgt_out.shape) for b in batches}
+    return {"steps": len(order), "batches": len(batches), "batch_shapes": len(shapes),
+            "first_tokens_per_s": first["tokens_per_s"], "last_tokens_per_s": last["tokens_per_s"],
+            "last_vs_first": round(last["tokens_per_s"] / first["tokens_per_s"], 3),
+            "first_rss_mb": first["rss_mb"], "last_rss_mb": last["rss_mb"],
+            "onednn_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
+            "windows": windows}
+
+
 def decode_rate(model, tok: Tokenizers, src: list, cfg: Translate, cache: bool,
                 device) -> tuple[float, list]:
     start = time.perf_counter()
@@ -272,6 +322,14 @@ def print_table(r: dict) -> None:
             (f"train: compile warm-up ({t['compile_warmup_steps']} steps), s",
              f"{t['compile_warmup_seconds']:.0f}"),
         ]
+    if s := r.get("sustained"):
+        rows += [
+            (f"train sustained: tokens/s, steps 1-100 vs last 100 of {s['steps']}",
+             f"{s['first_tokens_per_s']:.0f} vs {s['last_tokens_per_s']:.0f} = "
+             f"{s['last_vs_first']:.1%}  ({s['batch_shapes']} batch shapes)"),
+            ("train sustained: RSS MB after first / last 100", f"{s['first_rss_mb']:.0f} / "
+             f"{s['last_rss_mb']:.0f}"),
+        ]
     for name, d in r["decoding"].items():
         rows.append((f"decode {name}: sentences/s ({d['sentences']} sent., cached)",
                      f"{d['sentences_per_s']:.1f}"))
@@ -295,6 +353,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps timed per variant")
     ap.add_argument("--uncached-sentences", type=int, default=200,
                     help="test sentences decoded by both the cached and the uncached decoder")
+    ap.add_argument("--sustained-steps", type=int, default=600,
+                    help="train steps of the sustained row (0 = skip it; about 10 minutes on "
+                         "2 CPU cores)")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="also time the train step under torch.compile; auto: on CUDA only "
                          "(on this 2-core CPU it compiled for 140 s and then ran slower)")
@@ -312,6 +373,10 @@ def main() -> None:
              devices.describe(device))
     compile_ = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     training = bench_training(params, tok, src, tgt, device, args.steps, compile_)
+    sustained = None
+    if args.sustained_steps:
+        log.info("sustained training: %d steps on all training pairs", args.sustained_steps)
+        sustained = bench_sustained(params, tok, src, tgt, device, args.sustained_steps)
 
     model_path = paths.MODEL / "averaged.pt"
     if model_path.exists():
@@ -327,7 +392,8 @@ def main() -> None:
     decoding = bench_decoding(model, tok, test_src, params.translate, device,
                               args.uncached_sentences)
     result = {"device": devices.describe(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "training": training, "decoding": decoding,
+              "threads": torch.get_num_threads(), "training": training,
+              **({"sustained": sustained} if sustained else {}), "decoding": decoding,
               "decode_model": decode_model}
     if model_path.exists():  # CTranslate2 exports of the trained model, beside ours
         log.info("beam 5: this project's search against CTranslate2 float32 and int8")

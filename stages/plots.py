@@ -1,4 +1,5 @@
-"""Stage plots: PNGs of the training curves (loss per epoch, learning rate per step).
+"""Stage plots: PNGs of the training curves (loss per epoch, learning rate per step,
+and validation BLEU against training minutes where training logged it: train.val_bleu).
 
 Runs last: the loss figure's title carries the run's test BLEU.
 """
@@ -35,6 +36,13 @@ def main() -> None:
                   {"learning rate": ([r["step"] for r in steps], [r["lr"] for r in steps])},
                   title=f"Learning rate per optimizer step ({name})", xlabel="optimizer step",
                   ylabel="learning rate", dpi=params.plots.dpi, markers=False)
+        if all(trainlog.BLEU_COLUMN in r for r in epochs):
+            line_plot(tmp / "val_bleu.png",
+                      {"greedy validation BLEU": ([r["minutes"] for r in epochs],
+                                                  [r[trainlog.BLEU_COLUMN] for r in epochs])},
+                      title=f"Validation BLEU against training time ({name})",
+                      xlabel="training minutes (validation included)",
+                      ylabel="BLEU (greedy, validation set)", dpi=params.plots.dpi)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from nmt import device as devices, distributed, fsio, memory, paths
 from nmt.batching import encode_pairs, fit_positions, make_batches, padding_fraction
 from nmt.errors import main_entry
 from nmt.model import ModelConfig
-from nmt.params import load
+from nmt.params import Translate, load
 from nmt.publish import publish
 from nmt.resume import fingerprint, stage_code_files
 from nmt.schedules import check as check_schedule
+from nmt.search import greedy_bleu
 from nmt.tokenizer import Tokenizers
 from nmt.trainer import Trainer
 from nmt.trainlog import LiveLog
@@ -59,9 +60,21 @@ def main() -> None:
                   *sorted(paths.PREPARED.glob("spm*.model"))]
     if params.train.init_from:  # another file there: start over, do not resume
         data_files.append(Path(params.train.init_from))
+    val_bleu = None
+    if params.train.val_bleu:
+        # Greedy, with the translate params' defaults rather than this run's: a change to
+        # the translate group must not retrain (dvc.yaml's train stage does not read it).
+        translate = Translate()
+        refs = fsio.read_utf8_lines(paths.PREPARED / "val.tgt", what="val references")
+
+        def val_bleu(model) -> float:
+            return greedy_bleu(model, val_src, refs, translate, decode=tok.decode_tgt,
+                               bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id, device=device)
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
                       fingerprint(params, data_files, stage_code_files("train")), device=device,
-                      live=LiveLog(paths.TRAIN_LOG, paths.TRAIN_LIVE, paths.TRAIN_METRICS))
+                      live=LiveLog(paths.TRAIN_LOG, paths.TRAIN_LIVE, paths.TRAIN_METRICS,
+                                   params.train.val_bleu),
+                      val_bleu=val_bleu)
     with memory.out_of_memory_hint(params.train.batch_tokens, params.train.accum_steps, device):
         trainer.run()
     distributed.finish()

@@ -44,3 +44,40 @@ def test_cached_and_uncached_decoding_agree():
         assert result[name]["same_output"] is True
         assert result[name]["sentences"] == 12 and result[name]["subset"] == 6
         assert result[name]["sentences_per_s"] > 0
+
+
+def test_sustained_row_replays_the_first_window_at_the_end():
+    """The last window trains on the first window's batches in the same order, so their
+    tokens/s compare; RSS is read after each window."""
+    from nmt import params as P
+    from nmtlab.bench import bench_sustained
+
+    class Tok(FakeTok):
+        src_vocab_size = tgt_vocab_size = 30
+        shared = True
+
+    p = P.from_dict({"model": {"d_model": 16, "nhead": 2, "dim_feedforward": 32,
+                               "num_encoder_layers": 1, "num_decoder_layers": 1},
+                     "train": {"amp": "fp32", "batch_tokens": 64}})
+    src = [[5 + (i * 7 + k) % 20 for k in range(2 + i % 6)] for i in range(60)]
+    tgt = [list(reversed(s)) for s in src]
+    r = bench_sustained(p, Tok(), src, tgt, torch.device("cpu"), steps=25, window=5)
+    assert r["steps"] == 25 and len(r["windows"]) == 5
+    assert [w["steps"] for w in r["windows"]] == ["1-5", "6-10", "11-15", "16-20", "21-25"]
+    assert r["batch_shapes"] <= r["batches"] and r["batches"] >= 10
+    assert r["first_rss_mb"] > 0 and r["last_rss_mb"] > 0
+    assert r["last_vs_first"] == round(r["last_tokens_per_s"] / r["first_tokens_per_s"], 3)
+
+
+def test_set_threads_enlarges_the_onednn_kernel_cache_unless_the_user_chose(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from nmt import device; device.set_threads(0); "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, check=True,  # noqa: E731
+                                   capture_output=True, text=True).stdout.strip()
+    assert run(env) == "16384"
+    assert run(env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "300"}) == "300"

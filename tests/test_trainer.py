@@ -2,6 +2,7 @@
 import logging
 import math
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from nmt import params as P
 from nmt.batching import collate
-from nmt.model import ModelConfig
+from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.resume import fingerprint, stage_code_files
 from nmt.trainer import NonFiniteLoss, Trainer
 
@@ -99,6 +100,52 @@ def test_budget_stops_cleanly_after_a_step(tmp_path):
     assert progress.published_rows() == [progress.stopped_row]
     assert progress.stopped_row["epoch"] == 1 and progress.published_epochs(2) == [1]
     assert (tmp_path / "state" / "epochs" / "epoch_001.pt").is_file()
+
+
+def test_validation_bleu_is_logged_each_epoch_with_the_minutes_so_far(tmp_path):
+    """train.val_bleu: the callable the stage passes (greedy_bleu) gets the model at each
+    epoch end; its score goes into the row beside the elapsed minutes, its time into the
+    wall time but not the training tokens/s, and training goes on in train mode."""
+    data = [collate(pairs(8, s), 0, 2, 3) for s in range(3)]
+    p = make_params(train={"epochs": 3, "val_bleu": True})
+    cfg = ModelConfig.from_params(p.model, V, V, True, 0)
+    modes = []
+
+    def val_bleu(model):
+        modes.append(model.training)
+        time.sleep(0.05)
+        return 10.0 + len(modes)
+
+    t = Trainer(p, cfg, data, data[:1], tmp_path / "state", "fp", val_bleu=val_bleu)
+    progress = t.run()
+    assert modes == [True, True, True]  # greedy_bleu switches to eval itself
+    assert [r["val_bleu"] for r in progress.epoch_rows] == [11.0, 12.0, 13.0]
+    minutes = [r["minutes"] for r in progress.epoch_rows]
+    assert minutes == sorted(minutes) and minutes[-1] == round(progress.wall_seconds / 60, 3)
+    assert progress.val_bleu_seconds >= 0.15
+    assert progress.wall_seconds >= progress.train_seconds + 0.15
+    assert t.model.training
+    plain = trainer(make_params(train={"epochs": 1}), data, tmp_path, "plain").run()
+    assert "val_bleu" not in plain.epoch_rows[0] and plain.val_bleu_seconds == 0.0
+
+
+def test_greedy_bleu_restores_the_mode_and_scores_its_own_output(tmp_path):
+    from nmt.search import greedy_bleu, translate_all
+
+    cfg = ModelConfig.from_params(make_params().model, V, V, True, 0)
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(cfg).train()
+    src = [s for s, _ in pairs(6)]
+    hyps = translate_all(model.eval(), src, P.Translate(beam_size=1), bos=2, eos=3, pad=0,
+                         device="cpu")
+    model.train()
+    text = [" ".join(map(str, h)) for h in hyps]
+    decode = lambda ids: [" ".join(map(str, h)) for h in ids]  # noqa: E731
+    args = dict(decode=decode, bos=2, eos=3, pad=0, device="cpu")
+    assert greedy_bleu(model, src, text, P.Translate(beam_size=4), **args) == 100.0
+    assert model.training
+    assert greedy_bleu(model.eval(), src, ["x y z"] * 6, P.Translate(), **args) < 100.0
+    assert not model.training
 
 
 @pytest.mark.parametrize("patience", [1, 2])

@@ -10,7 +10,7 @@ from nmt.model import ModelConfig
 from nmt.trainer import Trainer
 
 EPOCH = {"epoch": 1, "train_loss": 4.5, "val_loss": 4.25, "val_ppl": 70.1, "lr": 0.001,
-         "seconds": 1.5, "tokens_per_s": 900.0}
+         "seconds": 1.5, "tokens_per_s": 900.0, "minutes": 0.03}
 
 
 def step(n: int) -> dict:
@@ -24,6 +24,20 @@ def test_written_logs_read_back(tmp_path):
     steps_text = (tmp_path / "log" / trainlog.STEPS_FILE).read_text()
     assert trainlog.parse(steps_text, "x") == [{k: float(v) for k, v in step(n).items()}
                                                for n in (1, 2)]
+
+
+def test_validation_bleu_is_a_column_only_where_the_run_logs_it(tmp_path):
+    trainlog.write(tmp_path / "plain", [EPOCH], [step(1)])
+    assert "val_bleu" not in (tmp_path / "plain" / trainlog.EPOCHS_FILE).read_text()
+    live = trainlog.LiveLog(tmp_path / "log", tmp_path / "live", tmp_path / "m.json",
+                            val_bleu=True)
+    live.start([EPOCH | {"val_bleu": 12.5}], [step(1)])
+    live.epoch(EPOCH | {"epoch": 2, "minutes": 0.06, "val_bleu": 17.25}, {"epochs": 2})
+    live.close()
+    rows = trainlog.read(tmp_path / "log" / trainlog.EPOCHS_FILE)
+    assert [(r["minutes"], r["val_bleu"]) for r in rows] == [(0.03, 12.5), (0.06, 17.25)]
+    assert (tmp_path / "live/epochs/plots/metrics/val_bleu.tsv").read_text().split() == \
+        ["step", "val_bleu", "1", "12.5", "2", "17.25"]
 
 
 def test_live_log_has_each_row_as_it_is_made(tmp_path):
