@@ -112,8 +112,11 @@ class PlainTransformer(nn.Module):
 
 
 def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step, averaged over `steps` batches after `warmup` untimed ones."""
-    for b in batches[:warmup]:
+    """Seconds per step, averaged over `steps` batches after `warmup` untimed ones, in the
+    steady state of a training run: each timed batch has run once before, untimed, so
+    its shape's kernels exist (oneDNN builds one per bf16 matmul shape, and a run builds
+    them all in its first epoch; docs/speed.md)."""
+    for b in batches[:warmup] + batches[warmup:warmup + steps]:
         step(b)
     sync(device)
     start = time.perf_counter()
