@@ -286,6 +286,7 @@ class Trainer:
             "seconds": round(pr.epoch_seconds, 2),
             "tokens_per_s": round(pr.epoch_tokens / max(pr.epoch_seconds, 1e-9), 1),
             "minutes": round(pr.wall_seconds / 60, 3),
+            "peak_memory_mb": round(devices.peak_memory_mb(self.device), 1),
             **({"val_bleu": bleu} if bleu is not None else {}),
         }
 

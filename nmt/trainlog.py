@@ -2,8 +2,10 @@
 and the report read it, and dvc.yaml's plots name its columns.
 
     data/train/log/epochs.tsv   one row per epoch: EPOCH_COLUMNS (minutes: the run's
-                                training minutes so far, validation included), then
-                                val_bleu where train.val_bleu is on
+                                training minutes so far, validation included;
+                                peak_memory_mb: the process's peak RSS so far, or
+                                CUDA's peak allocation), then val_bleu where
+                                train.val_bleu is on
     data/train/log/steps.tsv    one row per optimizer step: STEP_COLUMNS
 
 Tab-separated, a header row, then numbers. A run that a budget stopped
@@ -34,7 +36,7 @@ EPOCHS_FILE = "epochs.tsv"
 STEPS_FILE = "steps.tsv"
 # A new per-epoch value is a key in the trainer's epoch row and a column here.
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ppl", "lr", "seconds", "tokens_per_s",
-                 "minutes")
+                 "minutes", "peak_memory_mb")
 BLEU_COLUMN = "val_bleu"  # greedy validation BLEU, with train.val_bleu
 STEP_COLUMNS = ("step", "lr", "train_loss")
 

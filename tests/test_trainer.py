@@ -122,6 +122,8 @@ def test_validation_bleu_is_logged_each_epoch_with_the_minutes_so_far(tmp_path):
     assert [r["val_bleu"] for r in progress.epoch_rows] == [11.0, 12.0, 13.0]
     minutes = [r["minutes"] for r in progress.epoch_rows]
     assert minutes == sorted(minutes) and minutes[-1] == round(progress.wall_seconds / 60, 3)
+    peaks = [r["peak_memory_mb"] for r in progress.epoch_rows]  # a high-water mark
+    assert peaks == sorted(peaks) and peaks[0] > 0
     assert progress.val_bleu_seconds >= 0.15
     assert progress.wall_seconds >= progress.train_seconds + 0.15
     assert t.model.training

@@ -10,7 +10,8 @@ from nmt.model import ModelConfig
 from nmt.trainer import Trainer
 
 EPOCH = {"epoch": 1, "train_loss": 4.5, "val_loss": 4.25, "val_ppl": 70.1, "lr": 0.001,
-         "seconds": 1.5, "tokens_per_s": 900.0, "minutes": 0.03}
+         "seconds": 1.5, "tokens_per_s": 900.0, "minutes": 0.03,
+         "peak_memory_mb": 512.5}
 
 
 def step(n: int) -> dict:
