@@ -75,10 +75,8 @@ def greedy_bleu(model: Seq2SeqTransformer, sources: list[list[int]], refs: list[
     greedy = dataclasses.replace(translate, beam_size=1, ensemble=1)
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
-            hyps = translate_all(model, sources, greedy, bos=bos, eos=eos, pad=pad,
-                                 device=device)
+    try:  # (the search itself runs under inference_mode)
+        hyps = translate_all(model, sources, greedy, bos=bos, eos=eos, pad=pad, device=device)
     finally:
         model.train(was_training)
     return score(decode(hyps), refs)["bleu"]

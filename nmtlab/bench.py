@@ -156,21 +156,30 @@ def bench_compiled(params: Params, cfg: ModelConfig, batches: list, steps: int, 
             "compile_speedup": round(tps / eager_tps, 2)}
 
 
-def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device: torch.device,
-                   steps: int, compile_: bool = False) -> dict:
+def train_setup(params: Params, tok: Tokenizers, src: list, tgt: list,
+                device: torch.device) -> tuple[ModelConfig, bool, int]:
+    """(model config, bf16, batch tokens) as the train stage would choose them here
+    (batch_tokens: auto probes the memory once)."""
     cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
                                   tok.shared, tok.pad_id)
-    special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
+    bf16 = devices.use_bf16(params.train.amp, device)
     batch_tokens = params.train.batch_tokens
-    if batch_tokens == "auto":  # what the train stage would choose on this device
-        batch_tokens = memory.choose_batch_tokens(params, cfg, device,
-                                                  devices.use_bf16(params.train.amp, device),
-                                                  src, tgt, **special)
+    if batch_tokens == "auto":
+        batch_tokens = memory.choose_batch_tokens(params, cfg, device, bf16, src, tgt,
+                                                  pad=tok.pad_id, bos=tok.bos_id,
+                                                  eos=tok.eos_id)
+    return cfg, bf16, batch_tokens
+
+
+def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device: torch.device,
+                   steps: int, compile_: bool = False, setup: tuple | None = None) -> dict:
+    cfg, bf16, batch_tokens = setup or train_setup(params, tok, src, tgt, device)
+    special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
     ours = make_batches(src, tgt, batch_tokens, seed=params.seed, **special)
     random.Random(0).shuffle(ours)
     warmup = 3
-    amp_dtype = torch.bfloat16 if devices.use_bf16(params.train.amp, device) else torch.float32
-    peak_before = matmul_peak(device, amp_dtype)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak_before = matmul_peak(device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(params, cfg, ours, ours[:1], Path(tmp) / "state", "bench",
                           device=device)
@@ -180,7 +189,6 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
     src_lens = [int(n) for b in timed for n in (b.src != tok.pad_id).sum(1)]
     tgt_lens = [int(n) for b in timed for n in (b.tgt_out != tok.pad_id).sum(1)]
     flops = model_flops(cfg, src_lens, tgt_lens) / (per_step * steps)
-    dtype = torch.bfloat16 if trainer.bf16 else torch.float32
     peak = max(peak_before, matmul_peak(device, dtype))  # before and after the steps
 
     # The plain baseline: fixed 128-sentence batches in corpus order, fp32, no buckets.
@@ -230,7 +238,8 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
 
 
 def bench_sustained(params: Params, tok: Tokenizers, src: list, tgt: list,
-                    device: torch.device, steps: int, window: int = 100) -> dict:
+                    device: torch.device, steps: int, window: int = 100,
+                    setup: tuple | None = None) -> dict:
     """Training speed over a long run: `steps` train steps on the real batches of all the
     given pairs, in the trainer's shuffled epoch orders, one process from a fresh model.
     Tokens/s of the first `window` steps against the last `window`, and the process's RSS
@@ -239,11 +248,7 @@ def bench_sustained(params: Params, tok: Tokenizers, src: list, tgt: list,
     memory), not in their sentence lengths."""
     import psutil
 
-    cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
-                                  tok.shared, tok.pad_id)
-    batch_tokens = params.train.batch_tokens
-    if batch_tokens == "auto":
-        batch_tokens = 4096
+    cfg, _, batch_tokens = setup or train_setup(params, tok, src, tgt, device)
     batches = make_batches(src, tgt, batch_tokens, seed=params.seed, pad=tok.pad_id,
                            bos=tok.bos_id, eos=tok.eos_id)
     steps = max(steps, 2 * window)
@@ -385,11 +390,13 @@ def main() -> None:
     log.info("training benchmark: %d steps per variant on %s", args.steps,
              devices.describe(device))
     compile_ = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    training = bench_training(params, tok, src, tgt, device, args.steps, compile_)
+    setup = train_setup(params, tok, src, tgt, device)
+    training = bench_training(params, tok, src, tgt, device, args.steps, compile_, setup)
     sustained = None
     if args.sustained_steps:
         log.info("sustained training: %d steps on all training pairs", args.sustained_steps)
-        sustained = bench_sustained(params, tok, src, tgt, device, args.sustained_steps)
+        sustained = bench_sustained(params, tok, src, tgt, device, args.sustained_steps,
+                                    setup=setup)
 
     model_path = paths.MODEL / "averaged.pt"
     if model_path.exists():
