@@ -40,6 +40,8 @@ from nmt.errors import UserError, main_entry
 from nmt.params import from_dict
 from nmt.params import load as load_params
 
+from . import sweeplog
+
 CATALOGUE = Path("hypotheses.yaml")
 PARAMS = Path("params.yaml")
 ENTRY_KEYS = ("name", "hypothesis", "report", "metric", "set")
@@ -327,6 +329,10 @@ def run_queue(jobs: int = 0, timeout: float = 0.0, poll: float = 5.0,
             out.seek(0)
             if rc != 0:
                 raise UserError(f"dvc queue start failed: {_last_line(out.read())}")
+    recorder = None
+    if jobs:  # this sitting's wall and CPU time, for the report (nmtlab/sweeplog.py)
+        recorder = sweeplog.Recorder(jobs, repo / sweeplog.LOG)
+        recorder.begin()
     last, no_worker_since = "", None
     while True:
         tasks, workers = queue_status(repo)
@@ -337,6 +343,8 @@ def run_queue(jobs: int = 0, timeout: float = 0.0, poll: float = 5.0,
         if line != last:
             print(f"queue: {line}", flush=True)
             last = line
+        if recorder:
+            recorder.tick(len(states) - open_, force=not open_)
         if not open_:
             break
         # `dvc queue status` can count no worker while the last task still runs

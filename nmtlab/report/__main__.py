@@ -18,6 +18,7 @@ from nmt import fsio
 from nmt.errors import UserError, main_entry
 from nmt.params import load
 
+from .. import sweeplog
 from . import figures
 from .compare import Group, group_runs
 from .experiments import (RECORDS, code_hash, collect, dvc_exp_show, load_records,
@@ -93,7 +94,8 @@ def main() -> None:
                         "the report")
     groups = group_runs(runs, catalogue())
     figs = write_figures(groups, dpi, REPORT.parent)
-    fsio.write_text(REPORT, render(groups, figs, len(written), unfinished))
+    sweep = sweeplog.summary(sweeplog.read())
+    fsio.write_text(REPORT, render(groups, figs, len(written), unfinished, sweep))
     log.info("wrote %s from %d run record(s)", REPORT, len(runs))
 
 

@@ -43,7 +43,8 @@ def _p(p: float) -> str:
 
 
 def render(groups: list[Group], figures: dict[str, dict[str, str]], n_collected: int,
-           unfinished: list[Run]) -> str:
+           unfinished: list[Run], sweep: str = "") -> str:
+    """The report; `sweep`: the queue sweep's cost in one sentence (nmtlab.sweeplog.summary)."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_runs = sum(len(a.runs) for g in groups for a in ([g.baseline] if g.baseline else [])
                  + g.arms)
@@ -66,6 +67,8 @@ def render(groups: list[Group], figures: dict[str, dict[str, str]], n_collected:
         f"discovery rate): the verdict again with p-values corrected over every hypothesis of "
         f"the group that has one.",
     ]
+    if sweep:
+        out += ["", f"**Cost of the sweep.** {sweep}"]
     for i, g in enumerate(groups):
         out += _group(g, figures.get(g.code, {}), len(groups) > 1, i)
     if unfinished:

@@ -1,0 +1,132 @@
+"""The wall time and CPU time a queue sweep took, over every sitting it ran in.
+
+A sweep of the catalogue can take more than one sitting (a machine that stops,
+a session that ends), and the report must say what the whole sweep cost. Each
+`nmtlab hypotheses start` (make run-queue, make sweep) adds a row to
+reports/sweep_log.tsv when it starts the workers and rewrites that row while it
+waits: the start, the last time it saw the queue, the jobs and threads, the
+experiments finished so far, and the machine's busy CPU seconds since the start
+(from /proc/stat, so everything running on the machine counts; blank where there
+is no /proc/stat). A sitting cut off by a stop keeps its last rewrite, so its end
+is known to within `EVERY` seconds. Commit the file with the run records.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from nmt import fsio
+from nmt.errors import UserError
+
+LOG = Path("reports") / "sweep_log.tsv"
+EVERY = 60.0  # seconds between rewrites of the current sitting's row
+STAT = Path("/proc/stat")
+
+
+@dataclass
+class Sitting:
+    started: str  # UTC, ISO 8601, seconds
+    last_seen: str
+    jobs: int
+    threads: int  # torch threads per job (OMP_NUM_THREADS)
+    cores: int
+    done: int  # experiments this sitting saw finish (success or failure)
+    cpu_seconds: float | None  # busy CPU time of the whole machine over the sitting
+
+    @property
+    def hours(self) -> float:
+        return (_parse(self.last_seen) - _parse(self.started)).total_seconds() / 3600
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def busy_cpu_seconds(stat: Path = STAT) -> float | None:
+    """The machine's CPU time spent not idle since boot (user, nice, system, irq, softirq,
+    steal), in seconds; None where /proc/stat is not there."""
+    try:
+        first = stat.read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def read(path: Path = LOG) -> list[Sitting]:
+    if not path.is_file():
+        return []
+    names = [f.name for f in fields(Sitting)]
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t"))
+    try:
+        return [Sitting(started=r["started"], last_seen=r["last_seen"], jobs=int(r["jobs"]),
+                        threads=int(r["threads"]), cores=int(r["cores"]), done=int(r["done"]),
+                        cpu_seconds=float(r["cpu_seconds"]) if r["cpu_seconds"] else None)
+                for r in rows if set(names) <= set(r)]
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a sweep log ({e}); fix or delete it") from None
+
+
+def write(sittings: list[Sitting], path: Path = LOG) -> None:
+    out = io.StringIO()
+    names = [f.name for f in fields(Sitting)]
+    w = csv.DictWriter(out, names, delimiter="\t", lineterminator="\n")
+    w.writeheader()
+    for s in sittings:
+        row = {n: getattr(s, n) for n in names}
+        row["cpu_seconds"] = "" if s.cpu_seconds is None else f"{s.cpu_seconds:.0f}"
+        w.writerow(row)
+    fsio.write_text(path, out.getvalue())
+
+
+class Recorder:
+    """One sitting's row: `begin` appends it, `tick` rewrites it at most every EVERY
+    seconds (always when `force`)."""
+
+    def __init__(self, jobs: int, path: Path = LOG, stat: Path = STAT):
+        self.path, self.stat = path, stat
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        cores = os.cpu_count() or 1
+        self.cpu0 = busy_cpu_seconds(stat)
+        self.sitting = Sitting(_now(), _now(), jobs,
+                               int(threads) if threads.isdigit() else max(1, cores // jobs),
+                               cores, 0, None if self.cpu0 is None else 0.0)
+        self.previous = read(path)
+        self.last_write = 0.0
+
+    def begin(self) -> None:
+        self.tick(0, force=True)
+
+    def tick(self, done: int, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_write < EVERY:
+            return
+        self.sitting.last_seen, self.sitting.done = _now(), done
+        cpu = busy_cpu_seconds(self.stat)
+        if cpu is not None and self.cpu0 is not None:
+            self.sitting.cpu_seconds = cpu - self.cpu0
+        write(self.previous + [self.sitting], self.path)
+        self.last_write = time.monotonic()
+
+
+def summary(sittings: list[Sitting]) -> str:
+    """One sentence for the report: sittings, wall hours, CPU-hours, experiments."""
+    if not sittings:
+        return ""
+    hours = sum(s.hours for s in sittings)
+    cpu = [s.cpu_seconds for s in sittings]
+    cpu_text = (f"{sum(cpu) / 3600:.2f} CPU-hours (the machine's busy CPU time, /proc/stat)"
+                if all(c is not None for c in cpu) else "CPU time not measured in every sitting")
+    setups = sorted({f"{s.jobs} job(s) x {s.threads} thread(s) on {s.cores} cores"
+                     for s in sittings})
+    return (f"The queue sweep ran in {len(sittings)} sitting(s), {hours:.2f} hours of wall time "
+            f"in all, {cpu_text}; {sum(s.done for s in sittings)} experiments finished; "
+            f"{'; '.join(setups)} (reports/sweep_log.tsv).")

@@ -1,0 +1,85 @@
+"""The queue sweep's cost log: one row per sitting, rewritten while it waits, summed by the
+report."""
+import subprocess
+
+import pytest
+
+from nmt.errors import UserError
+from nmtlab import hypotheses, sweeplog
+
+
+def stat_file(path, busy_ticks: int, idle_ticks: int = 1000):
+    """A /proc/stat whose busy time is user = busy_ticks (nice, system, irq... 0)."""
+    path.write_text(f"cpu  {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\n")
+    return path
+
+
+def test_busy_cpu_seconds_counts_everything_but_idle(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 20 30 5000 70 4 6 10 0 0\n")
+    ticks = sweeplog.os.sysconf("SC_CLK_TCK")
+    assert sweeplog.busy_cpu_seconds(stat) == pytest.approx((100 + 20 + 30 + 4 + 6 + 10) / ticks)
+    assert sweeplog.busy_cpu_seconds(tmp_path / "absent") is None
+
+
+def test_a_sitting_is_appended_after_earlier_ones_and_rewritten(tmp_path, monkeypatch):
+    log, stat = tmp_path / "sweep_log.tsv", stat_file(tmp_path / "stat", 0)
+    old = sweeplog.Sitting("2026-01-01T10:00:00Z", "2026-01-01T12:30:00Z", 2, 1, 2, 20, 17000.0)
+    sweeplog.write([old], log)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rec = sweeplog.Recorder(2, log, stat)
+    rec.begin()
+    assert [s.done for s in sweeplog.read(log)] == [20, 0]
+    ticks = sweeplog.os.sysconf("SC_CLK_TCK")
+    stat_file(stat, 360 * ticks)
+    rec.tick(3)  # within EVERY seconds of the last write: not written
+    assert sweeplog.read(log)[-1].done == 0
+    rec.tick(3, force=True)
+    rows = sweeplog.read(log)
+    assert rows[0] == old
+    assert (rows[1].jobs, rows[1].threads, rows[1].done) == (2, 1, 3)
+    assert rows[1].cpu_seconds == pytest.approx(360)
+
+
+def test_summary_sums_the_sittings(tmp_path):
+    rows = [sweeplog.Sitting("2026-01-01T10:00:00Z", "2026-01-01T12:30:00Z", 2, 1, 2, 20, 17000.0),
+            sweeplog.Sitting("2026-01-02T09:00:00Z", "2026-01-02T10:00:00Z", 2, 1, 2, 9, 7000.0)]
+    text = sweeplog.summary(rows)
+    assert "2 sitting(s), 3.50 hours of wall time" in text
+    assert "6.67 CPU-hours" in text and "29 experiments" in text
+    rows[1].cpu_seconds = None
+    assert "CPU time not measured in every sitting" in sweeplog.summary(rows)
+    assert sweeplog.summary([]) == ""
+
+
+def test_a_broken_log_is_one_error_naming_it(tmp_path):
+    log = tmp_path / "sweep_log.tsv"
+    log.write_text("started\tlast_seen\tjobs\tthreads\tcores\tdone\tcpu_seconds\n"
+                   "x\ty\ttwo\t1\t2\t0\t\n")
+    with pytest.raises(UserError, match="sweep_log.tsv: not a sweep log"):
+        sweeplog.read(log)
+
+
+def test_run_queue_logs_its_sitting(tmp_path, monkeypatch):
+    """`nmtlab hypotheses start -j 2` writes the sitting's row and its finished count."""
+    states = iter([({"a": ("x-s1", "Queued"), "b": ("x-s2", "Queued")}, 0),
+                   ({"a": ("x-s1", "Running"), "b": ("x-s2", "Running")}, 2),
+                   ({"a": ("x-s1", "Success"), "b": ("x-s2", "Running")}, 2),
+                   ({"a": ("x-s1", "Success"), "b": ("x-s2", "Success")}, 2)])
+    monkeypatch.setattr(hypotheses, "queue_status", lambda repo: next(states))
+    started = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: started.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    hypotheses.run_queue(jobs=2, poll=0.0, repo=tmp_path)
+    assert started[0][-3:] == ["start", "-j", "2"]
+    (row,) = sweeplog.read(tmp_path / sweeplog.LOG)
+    assert (row.jobs, row.threads, row.done) == (2, 1, 2)
+
+
+def test_the_report_states_the_sweeps_cost():
+    from nmtlab.report import markdown
+    rows = [sweeplog.Sitting("2026-01-01T10:00:00Z", "2026-01-01T12:30:00Z", 2, 1, 2, 20, 17000.0)]
+    md = markdown.render([], {}, 0, [], sweeplog.summary(rows))
+    assert "**Cost of the sweep.** The queue sweep ran in 1 sitting(s), 2.50 hours" in md
+    assert "Cost of the sweep" not in markdown.render([], {}, 0, [])
