@@ -17,10 +17,10 @@ import datetime
 import io
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from nmt import fsio
+from nmt import fsio, trainlog
 from nmt.errors import UserError
 
 LOG = Path("reports") / "sweep_log.tsv"
@@ -62,30 +62,28 @@ def busy_cpu_seconds(stat: Path = STAT) -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+COLUMNS = tuple(f.name for f in fields(Sitting))
+
+
 def read(path: Path = LOG) -> list[Sitting]:
     if not path.is_file():
         return []
-    names = [f.name for f in fields(Sitting)]
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t"))
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t")
     try:
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"columns {reader.fieldnames}, not {list(COLUMNS)}")
         return [Sitting(started=r["started"], last_seen=r["last_seen"], jobs=int(r["jobs"]),
                         threads=int(r["threads"]), cores=int(r["cores"]), done=int(r["done"]),
                         cpu_seconds=float(r["cpu_seconds"]) if r["cpu_seconds"] else None)
-                for r in rows if set(names) <= set(r)]
+                for r in reader]
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: not a sweep log ({e}); fix or delete it") from None
 
 
 def write(sittings: list[Sitting], path: Path = LOG) -> None:
-    out = io.StringIO()
-    names = [f.name for f in fields(Sitting)]
-    w = csv.DictWriter(out, names, delimiter="\t", lineterminator="\n")
-    w.writeheader()
-    for s in sittings:
-        row = {n: getattr(s, n) for n in names}
-        row["cpu_seconds"] = "" if s.cpu_seconds is None else f"{s.cpu_seconds:.0f}"
-        w.writerow(row)
-    fsio.write_text(path, out.getvalue())
+    rows = [{**asdict(s), "cpu_seconds": "" if s.cpu_seconds is None else f"{s.cpu_seconds:.0f}"}
+            for s in sittings]
+    fsio.write_text(path, trainlog.text(rows, COLUMNS))
 
 
 class Recorder:
