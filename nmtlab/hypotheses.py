@@ -295,11 +295,22 @@ def queue(catalogue: list[Hypothesis], force: bool = False, repo: Path = Path(".
           "(make run-queue JOBS=N), then `make report`")
 
 
-def queue_status(repo: Path = Path(".")) -> tuple[dict[str, tuple[str, str]], int]:
-    """({task id: (experiment name, status)}, workers alive) from `dvc queue status`."""
-    proc = _run([_dvc(), "queue", "status"], repo)
-    if proc.returncode != 0:
-        raise UserError(f"dvc queue status failed: {_last_line(proc.stderr or proc.stdout)}")
+def queue_status(repo: Path = Path("."), attempts: int = 3,
+                 pause: float = 10.0) -> tuple[dict[str, tuple[str, str]], int]:
+    """({task id: (experiment name, status)}, workers alive) from `dvc queue status`.
+
+    A failure is tried again `attempts` times in all, `pause` seconds apart: in a sweep's
+    sitting one call failed once (DVC's generic error, while another dvc command ran) and
+    ended a wait of hours that the queue's workers would have finished."""
+    for attempt in range(attempts):
+        proc = _run([_dvc(), "queue", "status"], repo)
+        if proc.returncode == 0:
+            break
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    else:
+        raise UserError(f"dvc queue status failed {attempts} times: "
+                        f"{_last_line(proc.stderr or proc.stdout)}")
     tasks = {}
     workers = 0
     for line in proc.stdout.splitlines():

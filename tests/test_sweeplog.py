@@ -83,3 +83,18 @@ def test_the_report_states_the_sweeps_cost():
     md = markdown.render([], {}, 0, [], sweeplog.summary(rows))
     assert "**Cost of the sweep.** The queue sweep ran in 1 sitting(s), 2.50 hours" in md
     assert "Cost of the sweep" not in markdown.render([], {}, 0, [])
+
+
+def test_queue_status_tries_a_failed_call_again(monkeypatch, tmp_path):
+    """One failed `dvc queue status` must not end a sweep's wait; three in a row do."""
+    ok = subprocess.CompletedProcess([], 0, "Task     Name    Created    Status\n"
+                                     "abc1234  x-s1    07:37 AM   Running\n"
+                                     "Worker status: 1 active, 0 idle\n", "")
+    bad = subprocess.CompletedProcess([], 255, "", "ERROR: unexpected error\n"
+                                      "Having any troubles? Hit us up\n")
+    answers = [bad, ok]
+    monkeypatch.setattr(hypotheses, "_run", lambda cmd, cwd: answers.pop(0))
+    assert hypotheses.queue_status(tmp_path, pause=0.0) == ({"abc1234": ("x-s1", "Running")}, 1)
+    answers[:] = [bad, bad, bad]
+    with pytest.raises(UserError, match="dvc queue status failed 3 times: Having any troubles"):
+        hypotheses.queue_status(tmp_path, pause=0.0)
