@@ -9,6 +9,8 @@ TORCH ?= auto
 PY := $(VENV)/bin/python
 DVC := $(VENV)/bin/dvc
 JOBS ?= 1
+TEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Offline: use the Multi30k mirror beside the project when there is one.
 ifeq ($(origin NMT_DATA_MIRROR), undefined)
@@ -51,13 +53,15 @@ show: setup
 	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab show $(SHOW_ARGS)
 
 # Unit tests and the end-to-end dvc tests.
+# Both run the test files on pytest-xdist workers, one per CPU core (TEST_WORKERS=0 runs
+# them in one process); --dist loadfile keeps each file, and its module fixtures, on one worker.
 test: setup-test
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) tests
 
 # Unit tests only (-m "not e2e"): no dvc, no real Multi30k, no download; minutes, not
 # seconds (about 9 min wall, 2.6 min CPU, on a 2-core machine under heavy load).
 test-fast: setup-test
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not e2e" tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) -m "not e2e" tests
 
 # The report's hypotheses (hypotheses.yaml), each one experiment from the baseline.
 hypotheses: setup
