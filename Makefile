@@ -59,7 +59,8 @@ test: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) tests
 
 # Unit tests only (-m "not e2e"): no dvc, no real Multi30k, no download; minutes, not
-# seconds (about 9 min wall, 2.6 min CPU, on a 2-core machine under heavy load).
+# seconds (about 9 min wall, 2.6 min CPU, in one process on a 2-core machine under heavy
+# load, before the xdist workers; not measured since).
 test-fast: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) -m "not e2e" tests
 
