@@ -112,7 +112,9 @@ bench: setup
 # The full-data preset (README, "Full data"): all 29,000 pairs, under an hour on 2 CPU cores.
 full: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(DVC) exp run -n full -S subsample.fraction=1.0 \
-	  -S model.dropout=0.3 -S loss.label_smoothing=0.1 -S schedule.warmup_steps=800 \
-	  -S train.epochs=30 -S train.keep_checkpoints=5 -S train.keep_best=5 \
-	  -S swa.last_epochs=5 -S translate.beam_size=5 -S train.budget_minutes=55 \
-	  -S train.val_bleu=true
+	  -S model.dropout=0.3 -S loss.label_smoothing=0.1 \
+	  -S schedule.name=triangular -S schedule.warmup_steps=800 \
+	  -S train.epochs=28 -S train.keep_checkpoints=5 -S train.keep_best=5 \
+	  -S swa.best_by=val_loss -S swa.best_epochs=5 \
+	  -S translate.beam_size=5 -S translate.length_penalty=1.0 \
+	  -S train.budget_minutes=55 -S train.val_bleu=true
