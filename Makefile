@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DVC := $(VENV)/bin/dvc
 JOBS ?= 1
 TEST_WORKERS ?= auto
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Offline: use the Multi30k mirror beside the project when there is one.
 ifeq ($(origin NMT_DATA_MIRROR), undefined)
@@ -54,7 +54,9 @@ show: setup
 
 # Unit tests and the end-to-end dvc tests.
 # Both run the test files on pytest-xdist workers, one per CPU core (TEST_WORKERS=0 runs
-# them in one process); --dist loadfile keeps each file, and its module fixtures, on one worker.
+# them in one process); --dist loadfile keeps each file, and its module fixtures, on one worker,
+# and --no-loadscope-reorder hands out the files in tests/conftest.py's order, slowest first
+# (xdist's own order, most tests first, left the few long end-to-end files for last).
 test: setup-test
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) tests
 

@@ -27,7 +27,7 @@ def test_patterns_keep_params_and_compared_metrics_and_drop_hashes_and_signature
                "nmt/model.py", "stages/train.py", "Created"]
     assert shown(columns) == [
         "Experiment", "State", "seed", "model.d_model", "data.files.train_src", "train.epochs",
-        "epochs", "best_val_loss", "final_val_loss", "stopped_by", "train_minutes",
+        "epochs", "best_val_loss", "stopped_by", "train_minutes",
         "tokens_per_s", "peak_memory_mb", "test.bleu", "test.chrf",
         "data/train/metrics.json:epochs"]
 
@@ -44,7 +44,7 @@ def md_rows(text: str) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_table_after_the_default_run_fits_160_columns(tmp_path, monkeypatch):
+def test_table_after_the_default_run_and_one_experiment_fits_160_columns(tmp_path, monkeypatch):
     # As `make repro` in a fresh clone: one dvc repro, nothing committed yet.
     project = e2e.make_project(tmp_path / "proj")
     e2e.dvc("repro", cwd=project)
@@ -56,6 +56,9 @@ def test_table_after_the_default_run_fits_160_columns(tmp_path, monkeypatch):
         assert column in table, table
 
     e2e.dvc("exp", "run", "-n", "beam1", "-S", "translate.beam_size=1", cwd=project)
+    table = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show"], project).stdout
+    width = max(map(len, table.splitlines()))
+    assert width <= MAX_WIDTH and "translate.beam_size" in table, f"{width} columns:\n{table}"
     md = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show", "--md"], project).stdout
     rows = md_rows(md)
     assert len(rows) == 5, md  # header, rule, workspace, main, beam1
