@@ -39,6 +39,14 @@ def test_print_gives_the_dvc_command(capsys):
     assert line.endswith(" --md")
 
 
+def table_of(project, *args: str) -> str:
+    return e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show", *args], project).stdout
+
+
+def widest(table: str) -> int:
+    return max(map(len, table.splitlines()))
+
+
 def md_rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("|")]
 
@@ -49,17 +57,16 @@ def test_table_after_the_default_run_and_one_experiment_fits_160_columns(tmp_pat
     project = e2e.make_project(tmp_path / "proj")
     e2e.dvc("repro", cwd=project)
     monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the table to the terminal's width
-    table = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show"], project).stdout
-    width = max(map(len, table.splitlines()))
-    assert width <= MAX_WIDTH, f"{width} columns:\n{table}"
+    table = table_of(project)
+    assert widest(table) <= MAX_WIDTH, f"{widest(table)} columns:\n{table}"
     for column in show.COMPARED:
         assert column in table, table
 
     e2e.dvc("exp", "run", "-n", "beam1", "-S", "translate.beam_size=1", cwd=project)
-    table = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show"], project).stdout
-    width = max(map(len, table.splitlines()))
-    assert width <= MAX_WIDTH and "translate.beam_size" in table, f"{width} columns:\n{table}"
-    md = e2e.run([str(e2e.VENV_BIN / "python"), "-m", "nmtlab", "show", "--md"], project).stdout
+    table = table_of(project)
+    assert widest(table) <= MAX_WIDTH and "translate.beam_size" in table, \
+        f"{widest(table)} columns:\n{table}"
+    md = table_of(project, "--md")
     rows = md_rows(md)
     assert len(rows) == 5, md  # header, rule, workspace, main, beam1
     assert len({row.count("|") for row in rows}) == 1, md
