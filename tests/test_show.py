@@ -32,6 +32,20 @@ def test_patterns_keep_params_and_compared_metrics_and_drop_hashes_and_signature
         "data/train/metrics.json:epochs"]
 
 
+def test_compared_metrics_come_right_after_the_experiment_bleu_first():
+    columns = ["Experiment", "rev", "typ", "Created", "parent", "epochs", "best_val_loss",
+               "stopped_by", "train_minutes", "tokens_per_s", "peak_memory_mb", "test.bleu",
+               "test.chrf", "translate.beam_size", "nmt/model.py"]
+    assert show.column_order(columns) == [
+        "Experiment", "rev", "typ", "Created", "parent", "test.bleu", "test.chrf",
+        "best_val_loss", "epochs", "stopped_by", "train_minutes", "tokens_per_s",
+        "peak_memory_mb", "translate.beam_size", "nmt/model.py"]
+    # A `file:` prefix (two metrics files sharing a name) keeps the column in its place.
+    assert show.column_order(["Experiment", "data/train/metrics.json:epochs",
+                              "data/bleu/metrics.json:test.bleu"]) == [
+        "Experiment", "data/bleu/metrics.json:test.bleu", "data/train/metrics.json:epochs"]
+
+
 def test_print_gives_the_dvc_command(capsys):
     show.main(["--print", "--md"])
     line = capsys.readouterr().out.strip()
@@ -56,6 +70,10 @@ def test_table_after_the_default_run_and_one_experiment_fits_160_columns(tmp_pat
     # As `make repro` in a fresh clone: one dvc repro, nothing committed yet.
     project = e2e.make_project(tmp_path / "proj")
     e2e.dvc("repro", cwd=project)
+    # An 80-column terminal (and a log: rich's default width) folds the table, but not BLEU.
+    monkeypatch.setenv("COLUMNS", "80")
+    header = table_of(project).splitlines()[1].split()
+    assert header[:3] == ["Experiment", "test.bleu", "test.chrf"], header
     monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the table to the terminal's width
     table = table_of(project)
     assert widest(table) <= MAX_WIDTH, f"{widest(table)} columns:\n{table}"
