@@ -1,4 +1,4 @@
-"""End-to-end: the README's "Which change reruns what" table, checked group by group with
+"""End-to-end: the README's rerun rules (its "The pipeline" section), checked group by group with
 the real dvc on a built tiny project: `dvc status` names the stages that read the changed
 key, and `dvc repro` reruns them and everything downstream whose inputs then changed."""
 from __future__ import annotations
