@@ -1,4 +1,4 @@
-"""CTranslate2: export a trained model, and translate with the exported model.
+"""CTranslate2: export a trained model (`nmtlab export-ct2`), and the serving bench.
 
 `nmtlab export-ct2 [--model data/model/averaged.pt] --out DIR --quantization float32|int8`
 builds a CTranslate2 model through its specification API (`ctranslate2.specs`)
@@ -9,21 +9,13 @@ which differ). DIR gets model.bin, config.json, the vocabulary, the
 SentencePiece model(s) of data/prepared and export.json (where it came from),
 so `nmtlab translate --ct2 DIR` needs nothing else.
 
-`translate_ids` decodes like nmt.search: the same maximum length per sentence,
-the same beam, and the GNMT length penalty. CTranslate2 normalises scores by
-length ** alpha instead, so it is asked for (almost) raw scores and its k
-finished hypotheses, re-ranked here by log-probability over GNMT's penalty.
-Differences that remain: a hypothesis that reaches the length limit is cut
-there (our search forces an end token at the limit instead), and float
-rounding differs.
+Translating with the export (`Ct2Model`, torch-free) is in nmtlab/serving.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -39,11 +31,11 @@ from nmt.scoring import score
 from nmt.search import translate_all
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
+from .serving import INFO, Ct2Model, pieces
+
 log = logging.getLogger("nmt.ct2")
 QUANTIZATIONS = ("float32", "int8")
 SINUSOID_ROWS = 1024  # positions written for sinusoidal models: sources and outputs up to 1023 tokens
-INFO = "export.json"
-RAW_SCORES = 1e-6  # CTranslate2 length_penalty: scores / length ** 1e-6
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -137,10 +129,6 @@ def build_spec(model: Seq2SeqTransformer, src_vocab: list[str], tgt_vocab: list[
     return spec
 
 
-def pieces(sp) -> list[str]:
-    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-
-
 def export(model_path: Path, prepared: Path, out: Path, quantization: str) -> None:
     """Write the CTranslate2 model of `model_path` (with the tokenizer of `prepared`) to `out`."""
     if quantization not in QUANTIZATIONS:
@@ -165,73 +153,6 @@ def export(model_path: Path, prepared: Path, out: Path, quantization: str) -> No
             "position_rows": position_rows(model)})
     log.info("wrote %s (%s, %.1f MB)", out, quantization,
              sum(f.stat().st_size for f in out.iterdir()) / 1e6)
-
-
-class Ct2Model:
-    """An exported model loaded for translation, with its tokenizer."""
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
-        import ctranslate2
-
-        path = Path(path)
-        if not (path / "model.bin").is_file() or not (path / INFO).is_file():
-            raise UserError(f"{path}: not a CTranslate2 export of this project "
-                            f"(no model.bin and {INFO}); run `nmtlab export-ct2 --out {path}`")
-        meta = json.loads((path / INFO).read_text())
-        self.quantization = meta["quantization"]
-        self.max_tokens = meta["position_rows"] - 1  # the end token takes a position
-        compute = "int8" if self.quantization == "int8" else "float32"
-        self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute,
-                                                 intra_threads=threads)
-        self.tok = Tokenizers.load(path)
-        self.src_pieces = pieces(self.tok.src)
-        self.tgt_ids = {p: i for i, p in enumerate(pieces(self.tok.tgt))}
-
-    def translate_ids(self, src_batch: list[list[int]], **settings) -> list[list[int]]:
-        """Source ids (no eos) -> target ids (no bos/eos); settings as `translate_ids`."""
-        return translate_ids(self.translator, src_batch, self.src_pieces, self.tgt_ids,
-                             max_tokens=self.max_tokens, **settings)
-
-
-def translate_ids(translator, src_batch: list[list[int]], src_pieces: list[str],
-                  tgt_ids: dict[str, int], *, beam_size: int, length_penalty: float,
-                  max_len_a: float, max_len_b: int, max_tokens: int,
-                  batch_sentences: int = 128) -> list[list[int]]:
-    """Source ids (no eos) -> target ids (no bos/eos), as nmt.search.translate_ids does.
-
-    src_pieces: source id -> token string; tgt_ids: target token string -> id;
-    max_tokens: the longest source or output the exported positions cover (longer
-    sources are cut, as nmt.search.batch_sources cuts them for learned positions).
-    """
-    by_limit: dict[int, list[int]] = {}
-    for i, ids in enumerate(src_batch):
-        limit = min(int(max_len_a * len(ids) + max_len_b), max_tokens)
-        by_limit.setdefault(limit, []).append(i)
-    out: list[list[int]] = [[] for _ in src_batch]
-    for limit, rows in by_limit.items():
-        results = translator.translate_batch(
-            [[src_pieces[t] for t in src_batch[i][:max_tokens]] for i in rows],
-            beam_size=beam_size, num_hypotheses=beam_size, return_scores=True,
-            # Scores stay raw log-probabilities (re-ranked below); 0 itself would let
-            # CTranslate2 stop once its best beam ends, before k hypotheses have closed.
-            length_penalty=RAW_SCORES,
-            # One step more than `limit` tokens: that step is where our search ends
-            # the sentence; CTranslate2 stops there, with or without an end token.
-            max_decoding_length=limit + 1, min_decoding_length=0, max_input_length=0,
-            max_batch_size=batch_sentences)
-        for i, result in zip(rows, results):
-            best = _best(result.hypotheses, result.scores, length_penalty, limit)
-            out[i] = [tgt_ids[p] for p in best[:limit]]
-    return out
-
-
-def _best(hyps: list[list[str]], scores: list[float], alpha: float, limit: int) -> list[str]:
-    """The hypothesis with the best GNMT score. CTranslate2's score is the log-probability
-    divided by L ** RAW_SCORES, L counting the end token (absent when cut at the limit)."""
-    def gnmt(hyp: list[str], score: float) -> float:
-        length = len(hyp) + (len(hyp) <= limit)
-        return score * length ** RAW_SCORES / ((5 + length) / 6) ** alpha
-    return max(zip(hyps, scores), key=lambda h: gnmt(*h))[0]
 
 
 def bench(model, model_path: Path, tok: Tokenizers, src: list[list[int]],

@@ -22,11 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nmt import checkpoints, device as devices, ensemble, fsio, paths
+from nmt import fsio, paths
 from nmt.corpus import normalise
 from nmt.errors import UserError, main_entry
 from nmt.params import Params, from_dict, load
-from nmt.search import translate_all
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
 log = logging.getLogger("nmt.translate")
@@ -72,6 +71,8 @@ def fetch_experiment(rev: str, into: Path) -> Path:
     get(str(MODEL))
     n = experiment_params(into).translate.ensemble
     if n > 1:  # the members nmt.ensemble.load takes
+        from nmt import checkpoints
+
         get(str(paths.MODEL / "info.json"))
         ranked = json.loads((into / paths.MODEL / "info.json").read_text())["ranked_epochs"]
         for e in ranked[:n]:
@@ -89,6 +90,10 @@ def experiment_params(root: Path) -> Params:
 
 def translate_with_model(root: Path, params: Params, lines: list[str], device_name: str,
                          model_path: Path | None, progress: bool) -> list[str]:
+    # Imported here: they import torch, which the --ct2 path does without.
+    from nmt import checkpoints, device as devices, ensemble
+    from nmt.search import translate_all
+
     if not (model_path or root / MODEL).is_file():
         raise UserError(f"{model_path or MODEL}: no trained model; run the pipeline "
                         f"(`dvc repro`) first, or name one with --model or --exp")
@@ -110,13 +115,12 @@ def translate_with_model(root: Path, params: Params, lines: list[str], device_na
 
 def translate_with_ct2(folder: Path, params: Params, lines: list[str], device_name: str
                        ) -> list[str]:
-    from .ct2 import Ct2Model
+    from .serving import Ct2Model
 
     if params.translate.ensemble > 1:
         log.warning("translate.ensemble is %d, but --ct2 decodes the one exported model",
                     params.translate.ensemble)
-    device = "cuda" if devices.pick(device_name).type == "cuda" else "cpu"
-    model = Ct2Model(folder, device=device)
+    model = Ct2Model(folder, device=ct2_device(device_name))
     src = model.tok.encode_src(lines)
     cfg = params.translate
     out = model.translate_ids([ids for ids in src if ids], beam_size=cfg.beam_size,
@@ -124,6 +128,16 @@ def translate_with_ct2(folder: Path, params: Params, lines: list[str], device_na
                               max_len_b=cfg.max_len_b, batch_sentences=cfg.batch_sentences)
     hyps = iter(out)
     return model.tok.decode_tgt([next(hyps) if ids else [] for ids in src])
+
+
+def ct2_device(name: str) -> str:
+    """CTranslate2's device for --device: auto is cuda when CTranslate2 sees a GPU."""
+    import ctranslate2
+
+    gpus = ctranslate2.get_cuda_device_count()
+    if name == "cuda" and not gpus:
+        raise UserError("--device cuda: CTranslate2 finds no CUDA device here")
+    return "cuda" if name == "cuda" or (name == "auto" and gpus) else "cpu"
 
 
 @main_entry

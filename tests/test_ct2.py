@@ -13,7 +13,7 @@ from nmt import checkpoints, paths
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.params import Tokenizer, Translate
 from nmt.tokenizer import train_tokenizers
-from nmtlab import ct2
+from nmtlab import ct2, serving
 from tests.test_search import BOS, EOS, VOCAB, pad, sentences, small_model, train
 
 ctranslate2 = pytest.importorskip("ctranslate2")
@@ -36,7 +36,7 @@ def to_ct2(model, tmp_path, quantization: str = "float32"):
 
 
 def decode(translator, model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
-    return ct2.translate_ids(translator, src, PIECES, TGT_IDS, beam_size=beam_size,
+    return serving.translate_ids(translator, src, PIECES, TGT_IDS, beam_size=beam_size,
                              length_penalty=alpha, max_len_a=1.5, max_len_b=b,
                              max_tokens=ct2.position_rows(model) - 1)
 
