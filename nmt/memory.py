@@ -150,20 +150,17 @@ def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
 
 def training_step(params: Params, cfg: ModelConfig, device: torch.device,
                   bf16: bool) -> Callable[[Batch], None]:
-    """One optimizer step of a fresh model as the trainer runs it (forward under autocast,
-    the model.kernels' loss head, backward, Adam's state), for probing only."""
+    """One optimizer step of a fresh model as the trainer runs it (the model's forward
+    with its loss under autocast, backward, Adam's state), for probing only."""
     model = Seq2SeqTransformer(cfg).to(device)
-    optimizer = build_optimizer(params.optim, model, "main")
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    optimizer = build_optimizer(params.optim, model)
 
     def step(batch: Batch) -> None:
         b = batch.to(device)
         optimizer.zero_grad(set_to_none=True)
         with devices.autocast(device, bf16):
-            hidden = model.features(b.src, b.tgt_in)
-        loss_sum, _ = model.kernels.loss_head(hidden, model.out_proj.weight, b.tgt_out,
-                                              params.loss.label_smoothing, cfg.pad_id,
-                                              dtype=dtype)
+            loss_sum, _ = model(b.src, b.tgt_in, b.tgt_out,
+                                label_smoothing=params.loss.label_smoothing)
         (loss_sum / b.n_tgt_tokens).backward()
         optimizer.step()
 

@@ -10,7 +10,7 @@ from nmt.errors import main_entry
 from nmt.model import ModelConfig
 from nmt.params import Translate, load
 from nmt.publish import publish
-from nmt.resume import fingerprint, stage_code_files
+from nmt.resume import code_hash, fingerprint, stage_code_files
 from nmt.schedules import check as check_schedule
 from nmt.search import greedy_bleu
 from nmt.tokenizer import Tokenizers
@@ -70,17 +70,20 @@ def main() -> None:
         def val_bleu(model) -> float:
             return greedy_bleu(model, val_src, refs, translate, decode=tok.decode_tgt,
                                bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id, device=device)
+    code_files = stage_code_files("train")
     trainer = Trainer(params, cfg, train_batches, val_batches, paths.TRAIN_STATE,
-                      fingerprint(params, data_files, stage_code_files("train")), device=device,
+                      fingerprint(params, data_files, code_files), device=device,
                       live=LiveLog(paths.TRAIN_LOG, paths.TRAIN_LIVE, paths.TRAIN_METRICS,
                                    params.train.val_bleu),
-                      val_bleu=val_bleu)
+                      val_bleu=val_bleu, code=code_hash(code_files))
     with memory.out_of_memory_hint(params.train.batch_tokens, params.train.accum_steps, device):
         trainer.run()
     distributed.finish()
     if not distributed.is_main():
         return
-    metrics = publish(trainer, paths.CHECKPOINTS, paths.TRAIN_LOG, paths.TRAIN_METRICS)
+    metrics = trainer.metrics()
+    publish(trainer.progress, metrics, params.train, paths.TRAIN_STATE, paths.CHECKPOINTS,
+            paths.TRAIN_LOG, paths.TRAIN_METRICS)
     log.info("done: %d epochs (%s), best val loss %.4f at epoch %d, %.1f minutes, "
              "%.0f tokens/s", metrics["epochs"], metrics["stopped_by"], metrics["best_val_loss"],
              metrics["best_epoch"], metrics["train_minutes"], metrics["tokens_per_s"])
