@@ -72,7 +72,7 @@ def val_bleu(have: list[int], translate: Translate) -> dict[int, float]:
     for e in have:
         model, _ = checkpoints.load_model(checkpoints.epoch_path(paths.CHECKPOINTS, e), device)
         scores[e] = greedy_bleu(model, src, refs, translate, decode=tok.decode_tgt,
-                                bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id, device=device)
+                                special=tok.special, device=device)
         log.info("epoch %d: greedy validation BLEU %.2f", e, scores[e])
     return scores
 

@@ -26,6 +26,7 @@ from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer
 from .optim import build_optimizer
 from .params import Params
+from .tokenizer import SpecialIds
 
 log = logging.getLogger("nmt.memory")
 
@@ -169,7 +170,7 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
 
 def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, bf16: bool,
                         src_ids: list[list[int]], tgt_ids: list[list[int]],
-                        **special: int) -> int:
+                        special: SpecialIds) -> int:
     """`train.batch_tokens: auto`: the largest batch (tokens) whose step fits, logged."""
     import psutil
 
@@ -179,7 +180,7 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
     cap = sum(len(s) + len(t) + 2 for s, t in zip(src_ids, tgt_ids))
 
     def need(tokens: int) -> int:
-        return step_need(step, hungriest(src_ids, tgt_ids, tokens, **special), device, cpu_base)
+        return step_need(step, hungriest(src_ids, tgt_ids, tokens, special), device, cpu_base)
 
     tokens, probes = search(need, budget, cap)
     del step
@@ -194,7 +195,7 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
 
 
 def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int,
-              pad: int, bos: int, eos: int) -> Batch:
+              special: SpecialIds) -> Batch:
     """The batch of `batch_tokens` whose step needs the most memory: the most padded
     positions, weighted by length (attention's share grows with it)."""
     src_lens, tgt_lens = [len(s) + 1 for s in src_ids], [len(t) + 1 for t in tgt_ids]
@@ -204,7 +205,7 @@ def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: 
         return len(group) * (s * s + t * t)
 
     group = max(group_by_tokens(src_lens, tgt_lens, batch_tokens), key=cost)
-    return collate([(src_ids[i], tgt_ids[i]) for i in group], pad, bos, eos)
+    return collate([(src_ids[i], tgt_ids[i]) for i in group], special)
 
 
 @contextlib.contextmanager

@@ -102,9 +102,8 @@ def translate_with_model(root: Path, params: Params, lines: list[str], device_na
                                                                 tok.tgt_vocab_size):
         raise UserError(f"{model_path}: made for other vocabularies than those in "
                         f"{root / paths.PREPARED}")
-    ids = translate_all(model, tok.encode_src(lines), params.translate, bos=tok.bos_id,
-                        eos=tok.eos_id, pad=tok.pad_id, device=device,
-                        desc="translate" if progress else None)
+    ids = translate_all(model, tok.encode_src(lines), params.translate, special=tok.special,
+                        device=device, desc="translate" if progress else None)
     return tok.decode_tgt(ids)
 
 

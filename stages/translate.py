@@ -39,8 +39,8 @@ def main() -> None:
     for split in SPLITS:
         lines = fsio.read_utf8_lines(paths.PREPARED / f"{split}.src", what=f"{split} sources")
         start = time.perf_counter()
-        ids = translate_all(model, tok.encode_src(lines), params.translate, bos=tok.bos_id,
-                            eos=tok.eos_id, pad=tok.pad_id, device=device, desc=split)
+        ids = translate_all(model, tok.encode_src(lines), params.translate,
+                            special=tok.special, device=device, desc=split)
         hyps[split] = tok.decode_tgt(ids)
         seconds = time.perf_counter() - start
         rate = len(lines) / seconds

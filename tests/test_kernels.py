@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from nmt import kernels as K, loss as L, model as M, params as P
 from nmt.batching import collate
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
 
 V = 30
@@ -33,7 +34,7 @@ def batch(seed: int = 0):
     for _ in range(8):
         s = [rng.randrange(4, V) for _ in range(rng.randint(2, 9))]
         data.append((s, s[::-1]))
-    return collate(data, 0, 2, 3)  # pad 0, bos 2, eos 3: padded sources and targets
+    return collate(data, SpecialIds())  # padded sources and targets
 
 
 def loss_and_grads(kernels: str, epsilon: float):

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import torch.nn.functional as F
 
 from nmt.loss import smoothed_cross_entropy
 from nmt.model import ModelConfig, build, count_parameters
