@@ -200,6 +200,19 @@ def _penalty(length: Tensor | int, alpha: float) -> Tensor | float:
     return ((5 + length) / 6) ** alpha
 
 
+def _best_extensions(logp: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best 2k extensions of each sentence's k open beams, best first: their scores,
+    the beam each extends and its token, each (N, 2k). logp (N*k, V) of the next token,
+    scores (N, k) of the beams so far.
+
+    They are among each beam's best 2k tokens: rank those (N, k * 2k) instead of all
+    (N, k * V)."""
+    n, m = scores.shape[0], min(2 * k, logp.shape[-1])
+    row_top, row_token = logp.topk(m)  # (N*k, m)
+    top, index = (scores[:, :, None] + row_top.view(n, k, m)).view(n, k * m).topk(2 * k)
+    return top, index // m, row_token.view(n, k * m).gather(1, index)
+
+
 @torch.inference_mode()
 def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, beam_size: int,
                 length_penalty: float, special: SpecialIds, use_cache: bool = True
@@ -226,20 +239,14 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
     tokens = src.new_full((b * k,), bos)  # (N*k,) last token of each open beam
     prefix = src.new_empty((b * k, 0))  # (N*k, t) tokens after bos
     closed: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]  # (score, ids)
-    v = model.cfg.tgt_vocab_size
-    not_eos = torch.arange(v, device=dev) != eos  # (V,)
+    not_eos = torch.arange(model.cfg.tgt_vocab_size, device=dev) != eos  # (V,)
     for t in range(steps):
         n = alive.numel()
         logp = F.log_softmax(decoder.step(tokens).float(), dim=-1)  # (N*k, V)
         at_limit = limit <= t  # (N,)
         if at_limit.any():  # only eos may follow
             logp.masked_fill_(at_limit.repeat_interleave(k)[:, None] & not_eos, -torch.inf)
-        # The best 2k extensions of a sentence are among each beam's best 2k tokens: rank
-        # those (N, k * 2k) instead of all (N, k * V).
-        m = min(2 * k, v)
-        row_top, row_token = logp.topk(m)  # (N*k, m)
-        top, index = (scores[:, :, None] + row_top.view(n, k, m)).view(n, k * m).topk(2 * k)
-        beam, token = index // m, row_token.view(n, k * m).gather(1, index)  # (N, 2k), best first
+        top, beam, token = _best_extensions(logp, scores, k)  # (N, 2k), best first
         is_eos = token == eos
 
         close = is_eos[:, :k] & top[:, :k].isfinite()  # (N, k)
@@ -248,9 +255,9 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
             best_closed = torch.maximum(best_closed, closed_scores.max(dim=1).values)
             n_closed += close.sum(dim=1)
             s, j = close.nonzero(as_tuple=True)
-            for sentence, score, hyp in zip(alive[s].tolist(), closed_scores[s, j].tolist(),
+            for sentence, value, hyp in zip(alive[s].tolist(), closed_scores[s, j].tolist(),
                                             prefix[s * k + beam[s, j]].tolist()):
-                closed[sentence].append((score, hyp))
+                closed[sentence].append((value, hyp))
 
         scores, pick = top.masked_fill(is_eos, -torch.inf).topk(k)  # (N, k) best open
         beam, token = beam.gather(1, pick), token.gather(1, pick)
