@@ -169,7 +169,7 @@ class Train:
     # elapsed minutes; costs one greedy pass over the validation set an epoch.
     val_bleu: bool = False
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # not "off": YAML 1.1 reads it as false
-    compile: bool = False  # torch.compile the model (any device; slower on a 2-core CPU)
+    compile: bool = False  # torch.compile the model (any device; no gain on CPUs: docs/speed.md)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     nproc_per_node: int = 1  # > 1: data-parallel over this many processes under torchrun
