@@ -108,8 +108,8 @@ class Trainer:
                 resume.clear(self.state_dir)
                 return
             self.model.load_state_dict(state["model"])
-            self.optimizer = build_optimizer(
-                self.p.optim, self.model, self.phases.held_after(progress.epoch, progress.batch_pos))
+            held = self.phases.held_after(progress.epoch, progress.batch_pos)
+            self.optimizer = build_optimizer(self.p.optim, self.model, held)
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr.load_state_dict(state["schedule"])
             resume.restore_rng(state["rng"])

@@ -180,10 +180,10 @@ def bench_training(params: Params, run: training.TrainingSetup, steps: int,
     plain = bench_plain(params, run, steps, tokens, warmup)
     # Compiled, when asked: warm-up over 10 batch shapes (dynamic shapes compile once or
     # twice), timed on batches after them.
-    compiled = bench_compiled(params, run.cfg, ours, steps, 10, device, ours_tps) if compile_ else {}
+    compiled = (bench_compiled(params, run.cfg, ours, steps, 10, device, ours_tps)
+                if compile_ else {})
     return {
         "parameters": count_parameters(trainer.model),
-        "plain_parameters": plain.pop("parameters"),
         "bf16": trainer.bf16,
         "tokens_per_s": round(ours_tps, 1),
         "padding": round(padding_fraction(timed, special.pad), 4),
@@ -225,8 +225,9 @@ def bench_plain(params: Params, run: training.TrainingSetup, steps: int, tokens:
     n_plain = max(3, round(steps * tokens / sum(b.n_tgt_tokens for b in batches[:steps])))
     per_step = time_steps(plain_step, batches, n_plain, warmup, device)
     timed = batches[warmup:warmup + n_plain]
-    return {"parameters": count_parameters(plain),
-            "plain_tokens_per_s": round(sum(b.n_tgt_tokens for b in timed) / (per_step * n_plain), 1),
+    tokens_per_s = sum(b.n_tgt_tokens for b in timed) / (per_step * n_plain)
+    return {"plain_parameters": count_parameters(plain),
+            "plain_tokens_per_s": round(tokens_per_s, 1),
             "plain_padding": round(padding_fraction(timed, run.tok.special.pad), 4)}
 
 
