@@ -5,6 +5,8 @@ import pytest
 from nmt.params import Optim
 from nmt.phases import MAIN, SGD, Phases
 
+from .test_dvc_deps import REPO, imported_modules
+
 
 @pytest.mark.parametrize("start, epoch, phase", [
     (0, 1, MAIN), (0, 100, MAIN), (3, 1, MAIN), (3, 2, MAIN), (3, 3, SGD), (3, 9, SGD),
@@ -40,3 +42,10 @@ def test_held_after_follows_a_run_that_switches_at_each_epoch_start(start):
 def test_only_the_sgd_phase_has_a_fixed_rate():
     phases = Phases.from_params(Optim(sgd_from_epoch=2, sgd_lr=0.05))
     assert phases.fixed_lr(SGD) == 0.05 and phases.fixed_lr(MAIN) is None
+
+
+def test_the_schedule_asks_the_phases_not_the_optimizers():
+    """Whoever edits a schedule need not understand an optimizer: schedules.py imports
+    nmt/phases.py, not nmt/optim.py."""
+    imported = imported_modules(REPO / "nmt" / "schedules.py", REPO)
+    assert "nmt.phases" in imported and "nmt.optim" not in imported
