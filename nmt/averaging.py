@@ -4,16 +4,21 @@ The report's SWA (Izmailov et al., 2018, as checkpoint averaging) is the mean of
 the last N epoch checkpoints; with swa.best_by, the N best by validation loss
 (epochs.tsv) or greedy validation BLEU instead. `ranked` orders the kept epochs,
 first choice first; translate.ensemble takes its members from that order.
+
+`swa_average` is the stage's whole work: it chooses the epochs (`choose`) and
+averages their weights (`average_epochs`).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from . import checkpoints, device as devices, fsio, paths, trainlog
 from .errors import UserError
-from .params import Swa, Translate
+from .model import ModelConfig
+from .params import Params, Swa, Translate, swa_window
 from .search import greedy_bleu
 from .tokenizer import Tokenizers
 
@@ -72,9 +77,73 @@ def val_bleu(have: list[int], translate: Translate) -> dict[int, float]:
     for e in have:
         model, _ = checkpoints.load_model(checkpoints.epoch_path(paths.CHECKPOINTS, e), device)
         scores[e] = greedy_bleu(model, src, refs, translate, decode=tok.decode_tgt,
-                                bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id, device=device)
+                                special=tok.special, device=device)
         log.info("epoch %d: greedy validation BLEU %.2f", e, scores[e])
     return scores
+
+
+@dataclass
+class Averaged:
+    """The swa-average stage's result: the model and its data/model/info.json."""
+
+    cfg: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    info: dict
+
+
+def swa_average(params: Params) -> Averaged:
+    """Choose the epochs the `swa` params ask for among the kept checkpoints and average
+    their weights; info records the choice, every kept epoch ranked, and why training
+    stopped."""
+    train_metrics = read_train_metrics()
+    have = available_epochs()
+    if params.swa.best_by == "val_bleu":
+        value = val_bleu(have, params.translate)
+    else:
+        value = {int(r["epoch"]): r["val_loss"]
+                 for r in trainlog.read(paths.TRAIN_LOG / trainlog.EPOCHS_FILE)}
+    order = ranked(params.swa, have, value)
+    chosen = choose(params.swa, have, order, train_metrics)
+    log.info("averaging epochs %s", ", ".join(map(str, chosen)))
+    cfg, state = average_epochs(chosen)
+    info = {"epochs_averaged": chosen, "ranked_epochs": order,
+            "epochs_run": train_metrics["epochs"],
+            **({"val_bleu": value} if params.swa.best_by == "val_bleu" else {}),
+            "stopped_by": train_metrics["stopped_by"]}
+    return Averaged(cfg, state, info)
+
+
+def choose(swa: Swa, have: list[int], order: list[int], train_metrics: dict) -> list[int]:
+    """The epochs to average, ascending: the swa.best_epochs first of `order` with
+    swa.best_by, else the last of `have` that swa.last_epochs or swa.last_fraction asks
+    for (all there are when training stopped early, with a warning)."""
+    if swa.best_by != "none":
+        return sorted(order[:swa.best_epochs])
+    want = swa_window(swa, train_metrics["epochs"])
+    if want > len(have):
+        if train_metrics["stopped_by"] == "epochs":
+            raise UserError(f"swa: {want} checkpoints asked for, but only {len(have)} were "
+                            f"kept (raise train.keep_checkpoints)")
+        log.warning("training stopped early (%s): averaging the %d checkpoints there are, "
+                    "not %d", train_metrics["stopped_by"], len(have), want)
+        want = len(have)
+    return have[-want:]
+
+
+def average_epochs(epochs: list[int]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and the averaged weights of these epochs' checkpoints, which must share
+    one config."""
+    cfg = None
+    states = []
+    for e in epochs:
+        path = checkpoints.epoch_path(paths.CHECKPOINTS, e)
+        file_cfg, state, _ = checkpoints.load_model_file(path)
+        if cfg is not None and file_cfg != cfg:
+            raise UserError(f"{path}: its model config differs from epoch {epochs[0]}'s; "
+                            "rerun the train stage")
+        cfg = file_cfg
+        states.append(state)
+    return cfg, average(states)
 
 
 def read_train_metrics() -> dict:

@@ -184,9 +184,9 @@ class _SkipInitialisers(TorchFunctionMode):
     """torch.nn.init's functions (and Tensor.normal_/uniform_) leave their tensor as it is.
 
     For building a model whose weights are read only for their names and shapes, or are
-    all overwritten by a file's. (On the meta device normal_ and arange run Python
-    reference kernels that import torch._dynamo: 2 seconds of every translate or
-    swa-average process.) The default model builds in 0.1-0.2 s, a random init 0.3-0.5 s."""
+    all overwritten by a file's: the random initialisation costs more than the building
+    (docs/speed.md), and the meta device is no cheaper, as there normal_ and arange run
+    Python reference kernels that import torch._dynamo."""
 
     INITIALISERS = frozenset(
         [getattr(torch.nn.init, name) for name in dir(torch.nn.init)

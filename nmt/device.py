@@ -103,7 +103,7 @@ def claim_gpus(n: int, gpus: list[str], lock_dir: Path,
 
 
 def cpu_has_amx() -> bool:
-    """bf16 matrix tiles (Intel AMX): there bf16 matmuls run ~2.5x faster than fp32."""
+    """bf16 matrix tiles (Intel AMX), where bf16 matmuls beat fp32 (docs/speed.md)."""
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -126,10 +126,10 @@ def autocast(device: torch.device, enabled: bool):
 
 
 # oneDNN JIT-compiles a bf16 matmul kernel per shape and keeps 1,024 in a cache by default.
-# A full-data epoch has about 140 batch shapes and needs several thousand kernels, so with
-# the default every epoch compiled them all again: 2,400-3,200 tokens/s on 2 cores, against
-# 4,200-4,500 with this capacity once the first epoch has made them (RSS 4.5 GB, flat after
-# that; docs/speed.md). An environment value the user set wins.
+# A full-data epoch has over a hundred batch shapes and needs several thousand kernels, so
+# with the default every epoch compiled them all again; this capacity keeps them once the
+# first epoch has made them (docs/speed.md measures both). An environment value the user
+# set wins.
 ONEDNN_CACHE_CAPACITY = "16384"
 
 
@@ -157,7 +157,7 @@ def describe(device: torch.device) -> str:
 
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: the peak memory allocated to tensors (the caching allocator reserves somewhat
-    more, and the CUDA context adds about 0.5 GB); CPU: the process's peak resident set size."""
+    more, and the CUDA context adds its own); CPU: the process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

@@ -100,28 +100,15 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-class Features(torch.nn.Module):
-    """The model's final decoder states as a module's forward, for DDP to wrap (the fused
-    loss applies the output projection outside it; its gradient is averaged all the same)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        return self.model.features(src, tgt_in)
-
-
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
-    """DistributedDataParallel around the model's features when there are several ranks
-    (None on one): it broadcasts rank 0's weights now and averages the gradients in each
-    synchronised backward."""
+    """DistributedDataParallel around the model when there are several ranks (None on
+    one): it broadcasts rank 0's weights now and averages the gradients in each
+    synchronised backward. Its forward is the model's, loss included."""
     if world_size() == 1:
         return None
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(Features(model),
-                                   device_ids=[device] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def shard(window: list[T]) -> list[T]:

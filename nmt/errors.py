@@ -5,7 +5,8 @@ import errno
 import functools
 import logging
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 log = logging.getLogger("nmt")
 T = TypeVar("T")
@@ -15,11 +16,16 @@ class UserError(Exception):
     """Bad input or an impossible request; the message names the file or key."""
 
 
+def check_choice(choices: Collection[str], key: str, name: str) -> None:
+    """A UserError naming `key` and the choices unless `name` is one of them."""
+    if name not in choices:
+        raise UserError(f"{key}: unknown value {name!r}; choose one of {', '.join(choices)}")
+
+
 def lookup(registry: dict[str, T], key: str, name: str) -> T:
-    """registry[name]; an unknown name is a UserError naming `key` and the choices,
-    the same line the params schema gives (never a silent default)."""
-    if name not in registry:
-        raise UserError(f"{key}: unknown value {name!r}; choose one of {', '.join(registry)}")
+    """registry[name]; an unknown name is check_choice's UserError, the same line the
+    params schema gives (never a silent default)."""
+    check_choice(registry, key, name)
     return registry[name]
 
 

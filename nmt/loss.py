@@ -87,11 +87,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     Written out, the loss head makes and keeps several (N, V) tensors: the
     logits, their float32 copy, the log-probabilities for backward, then in
     backward a zero-filled gather gradient, the log_softmax gradient and a copy
-    back to bf16. At V = 8000 that took a quarter of a CPU training step. Here
-    the logits come from one matmul; each chunk of rows is then turned into
-    float32, reduced (log-sum-exp, target logit, mean) and, while still in
-    cache, into its gradient, softmax - (1 - ε) onehot - ε / V, which is all
-    backward needs: the loss is a sum, so its gradient is this times a scalar.
+    back to bf16: at a vocabulary of thousands, a large share of a CPU training
+    step (docs/speed.md). Here the logits come from one matmul; each chunk of
+    rows is then turned into float32, reduced (log-sum-exp, target logit, mean)
+    and, while still in cache, into its gradient, softmax - (1 - ε) onehot - ε / V,
+    which is all backward needs: the loss is a sum, so its gradient is this times
+    a scalar.
     """
 
     @staticmethod

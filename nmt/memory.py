@@ -26,6 +26,7 @@ from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer
 from .optim import build_optimizer
 from .params import Params
+from .tokenizer import SpecialIds
 
 log = logging.getLogger("nmt.memory")
 
@@ -150,20 +151,17 @@ def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
 
 def training_step(params: Params, cfg: ModelConfig, device: torch.device,
                   bf16: bool) -> Callable[[Batch], None]:
-    """One optimizer step of a fresh model as the trainer runs it (forward under autocast,
-    the model.kernels' loss head, backward, Adam's state), for probing only."""
+    """One optimizer step of a fresh model as the trainer runs it (the model's forward
+    with its loss under autocast, backward, Adam's state), for probing only."""
     model = Seq2SeqTransformer(cfg).to(device)
-    optimizer = build_optimizer(params.optim, model, "main")
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    optimizer = build_optimizer(params.optim, model)
 
     def step(batch: Batch) -> None:
         b = batch.to(device)
         optimizer.zero_grad(set_to_none=True)
         with devices.autocast(device, bf16):
-            hidden = model.features(b.src, b.tgt_in)
-        loss_sum, _ = model.kernels.loss_head(hidden, model.out_proj.weight, b.tgt_out,
-                                              params.loss.label_smoothing, cfg.pad_id,
-                                              dtype=dtype)
+            loss_sum, _ = model(b.src, b.tgt_in, b.tgt_out,
+                                label_smoothing=params.loss.label_smoothing)
         (loss_sum / b.n_tgt_tokens).backward()
         optimizer.step()
 
@@ -172,7 +170,7 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
 
 def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, bf16: bool,
                         src_ids: list[list[int]], tgt_ids: list[list[int]],
-                        **special: int) -> int:
+                        special: SpecialIds) -> int:
     """`train.batch_tokens: auto`: the largest batch (tokens) whose step fits, logged."""
     import psutil
 
@@ -182,7 +180,7 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
     cap = sum(len(s) + len(t) + 2 for s, t in zip(src_ids, tgt_ids))
 
     def need(tokens: int) -> int:
-        return step_need(step, hungriest(src_ids, tgt_ids, tokens, **special), device, cpu_base)
+        return step_need(step, hungriest(src_ids, tgt_ids, tokens, special), device, cpu_base)
 
     tokens, probes = search(need, budget, cap)
     del step
@@ -197,7 +195,7 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
 
 
 def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int,
-              pad: int, bos: int, eos: int) -> Batch:
+              special: SpecialIds) -> Batch:
     """The batch of `batch_tokens` whose step needs the most memory: the most padded
     positions, weighted by length (attention's share grows with it)."""
     src_lens, tgt_lens = [len(s) + 1 for s in src_ids], [len(t) + 1 for t in tgt_ids]
@@ -207,7 +205,7 @@ def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: 
         return len(group) * (s * s + t * t)
 
     group = max(group_by_tokens(src_lens, tgt_lens, batch_tokens), key=cost)
-    return collate([(src_ids[i], tgt_ids[i]) for i in group], pad, bos, eos)
+    return collate([(src_ids[i], tgt_ids[i]) for i in group], special)
 
 
 @contextlib.contextmanager

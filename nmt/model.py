@@ -3,11 +3,16 @@
 Shapes: B batch, S source length, T target length, D d_model, H heads,
 K = D / H head size, V vocabulary size.
 
-The `model` group of params.yaml is declared here (`ModelSettings`), and each
-enumerated choice of it is a registry here (`ACTIVATIONS`, `POSITIONAL_ENCODINGS`,
-`KERNELS`): the params schema accepts exactly a registry's keys, and the layers
-build from the registry's entry, so a name cannot be accepted without an
-implementation, and an unknown name is an error, never a default.
+`forward` is the one path for training, validation, DDP and torch.compile: given the
+targets it returns the loss sums, computed by the `model.kernels` loss head
+(nmt/kernels.py) from the final decoder states; without them, the logits.
+
+The `model` group's fields are declared in nmt/settings.py (`ModelSettings`, torch-free
+so the params schema can read them); `ModelConfig` adds what the tokenizer fixes. Each
+enumerated choice is a registry here (`ACTIVATIONS`, `POSITIONAL_ENCODINGS`) built
+against the names in nmt/settings.py, and the layers build from the registry's entry,
+so a name cannot be accepted without an implementation, and an unknown name is an
+error, never a default.
 
 Decoding reuses past keys and values: `start_decoding()` projects the encoder
 output once into each layer's cross-attention keys/values, and `decode_step()`
@@ -25,28 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels, settings
 from .errors import lookup
-from .loss import linear_cross_entropy, stock_linear_cross_entropy
-
-
-@dataclass
-class ModelSettings:
-    """The `model` group of params.yaml: the network a user chooses (nmt.params checks
-    the values; a checkpoint stores them in its ModelConfig)."""
-
-    d_model: int = 256
-    nhead: int = 4
-    dim_feedforward: int = 1024
-    num_encoder_layers: int = 3
-    num_decoder_layers: int = 3
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation: str = "relu"  # a key of ACTIVATIONS
-    norm_first: bool = True
-    tie_embeddings: bool = True
-    positional: str = "sinusoidal"  # a key of POSITIONAL_ENCODINGS
-    max_positions: int = 512  # longest sequence a learned positional table covers
-    kernels: str = "fast"  # a key of KERNELS: the hand-written training kernels or PyTorch's
+from .settings import ModelSettings
 
 
 @dataclass(kw_only=True)
@@ -66,94 +52,8 @@ class ModelConfig(ModelSettings):
                    share_vocab=share_vocab, pad_id=pad_id, **dataclasses.asdict(model_params))
 
 
-def cpu_dropout(x: Tensor, p: float) -> Tensor:
-    """Inverted dropout whose mask costs a quarter of the random draws of F.dropout.
-
-    On the CPU, F.dropout draws one random float per element (bernoulli_), which
-    took 18% of a training step here. One 64-bit draw gives four 16-bit lanes;
-    each keeps its element when the lane is >= p * 65536 (p to within 1.5e-5).
-    """
-    n = x.numel()
-    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    lanes = bits.view(torch.int16)[:n].view(x.shape)
-    keep = (lanes >= round(p * 65536) - 32768).to(x.dtype)
-    # The scale multiplies as a Python float, in fp32 inside the kernel, so bf16 rounds
-    # each product once; a bf16 scale tensor would round 1 / 0.9 to 1.109375 first.
-    # Two multiplies, forward and backward: still cheaper than torch.where here.
-    return x * keep * (1.0 / (1.0 - p))
-
-
-def fast_dropout(x: Tensor, p: float) -> Tensor:
-    """Training-mode dropout: `cpu_dropout` on the CPU, F.dropout elsewhere."""
-    if p == 0.0:
-        return x
-    return cpu_dropout(x, p) if x.device.type == "cpu" else F.dropout(x, p, training=True)
-
-
-def stock_dropout(x: Tensor, p: float) -> Tensor:
-    return F.dropout(x, p, training=True)
-
-
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                       p: float) -> Tensor:
-    """softmax(q k^T / sqrt(K)) v written out, softmax in fp32.
-
-    For CPU training at these lengths (10-50 tokens) this runs forward and
-    backward 3-7x faster than scaled_dot_product_attention's CPU flash kernel,
-    whose backward took 28% of a training step (measured with torch.profiler).
-    """
-    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    if causal:
-        n, m = scores.shape[-2:]
-        future = torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    wide = torch.promote_types(scores.dtype, torch.float32)  # bf16 -> fp32, fp64 stays
-    probs = torch.softmax(scores.to(wide), dim=-1).to(v.dtype)
-    return fast_dropout(probs, p) @ v
-
-
-def stock_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                    p: float) -> Tensor:
-    """q (B, H, L, K), k and v (B, H, L_kv, K); mask broadcastable to (B, H, L, L_kv)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                          is_causal=causal and mask is None)
-
-
-def fast_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                   p: float) -> Tensor:
-    """explicit_attention when training on the CPU, where it is faster; elsewhere (GPU,
-    decoding) scaled_dot_product_attention's fused kernels."""
-    if q.device.type == "cpu" and torch.is_grad_enabled():
-        return explicit_attention(q, k, v, mask, causal, p)
-    return stock_attention(q, k, v, mask, causal, p)
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """The functions a model trains with: dropout(x, p), attention(q, k, v, mask, causal,
-    p), and the loss head with loss.linear_cross_entropy's signature."""
-
-    dropout: Callable[[Tensor, float], Tensor]
-    attention: Callable[[Tensor, Tensor, Tensor, Tensor | None, bool, float], Tensor]
-    loss_head: Callable[..., tuple[Tensor, Tensor]]
-
-
-# model.kernels: its allowed values are this registry's keys. "stock" is PyTorch's own
-# functions, the reference that the hand-written "fast" ones must learn the same as.
-KERNELS: dict[str, Kernels] = {
-    "fast": Kernels(fast_dropout, fast_attention, linear_cross_entropy),
-    "stock": Kernels(stock_dropout, stock_attention, stock_linear_cross_entropy),
-}
-
-
-def kernels(cfg: ModelSettings) -> Kernels:
-    return lookup(KERNELS, "model.kernels", cfg.kernels)
-
-
 class Dropout(nn.Module):
-    """nn.Dropout over a Kernels' dropout function."""
+    """nn.Dropout over a kernels.Kernels' dropout function."""
 
     def __init__(self, p: float, fn: Callable[[Tensor, float], Tensor]):
         super().__init__()
@@ -173,7 +73,7 @@ class Attention(nn.Module):
         self.nhead = cfg.nhead
         self.cross = cross
         self.dropout = cfg.attention_dropout
-        self.attend = kernels(cfg).attention
+        self.attend = kernels.for_config(cfg).attention
         if cross:
             self.q_proj = nn.Linear(d, d)
             self.kv_proj = nn.Linear(d, 2 * d)
@@ -219,12 +119,12 @@ class Activation:
     gated: bool = False
 
 
-# model.activation: its allowed values are this registry's keys.
-ACTIVATIONS: dict[str, Activation] = {
+# model.activation
+ACTIVATIONS: dict[str, Activation] = settings.registry("model.activation", settings.ACTIVATIONS, {
     "relu": Activation(F.relu),
     "gelu": Activation(F.gelu),
     "swiglu": Activation(F.silu, gated=True),  # Shazeer, 2020
-}
+})
 
 
 class FeedForward(nn.Module):
@@ -243,7 +143,7 @@ class FeedForward(nn.Module):
             self.gate = nn.Linear(cfg.d_model, hidden)
         self.up = nn.Linear(cfg.d_model, hidden)
         self.down = nn.Linear(hidden, cfg.d_model)
-        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
+        self.drop = Dropout(cfg.dropout, kernels.for_config(cfg).dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation.gated:
@@ -260,7 +160,7 @@ class Sublayer(nn.Module):
         super().__init__()
         self.block = block
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
+        self.drop = Dropout(cfg.dropout, kernels.for_config(cfg).dropout)
         self.norm_first = cfg.norm_first
 
     def forward(self, x: Tensor, **kw) -> Tensor:
@@ -337,11 +237,12 @@ class LearnedPositions(nn.Embedding):
         return super().forward(torch.arange(start, start + n, device=device))
 
 
-# model.positional: its allowed values are this registry's keys.
-POSITIONAL_ENCODINGS: dict[str, type[nn.Module]] = {
-    "sinusoidal": SinusoidalPositions,
-    "learned": LearnedPositions,
-}
+# model.positional
+POSITIONAL_ENCODINGS: dict[str, type[nn.Module]] = settings.registry(
+    "model.positional", settings.POSITIONAL_ENCODINGS, {
+        "sinusoidal": SinusoidalPositions,
+        "learned": LearnedPositions,
+    })
 
 
 class Embedding(nn.Module):
@@ -352,7 +253,7 @@ class Embedding(nn.Module):
         self.tokens = tokens
         self.scale = math.sqrt(cfg.d_model)
         self.positions = lookup(POSITIONAL_ENCODINGS, "model.positional", cfg.positional)(cfg)
-        self.drop = Dropout(cfg.dropout, kernels(cfg).dropout)
+        self.drop = Dropout(cfg.dropout, kernels.for_config(cfg).dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
         pos = self.positions(start, ids.shape[1], ids.device)
@@ -429,7 +330,7 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.kernels = kernels(cfg)  # the trainer takes its loss head from here
+        self.kernels = kernels.for_config(cfg)  # its loss head ends forward's training path
         tgt_tokens = nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         if cfg.share_vocab and cfg.tie_embeddings:
             src_tokens = tgt_tokens
@@ -478,15 +379,27 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, layer.cross_attn.block.project_kv(memory), src_mask)
         return self.dec_norm(x)
 
-    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """(B, S), (B, T) -> decoder states (B, T, D); training feeds them with
-        `out_proj.weight` to loss.linear_cross_entropy."""
-        memory, mask = self.encode(src)
-        return self.decode(tgt_in, memory, mask)
+    def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor | None = None, *,
+                label_smoothing: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
+        """Teacher forcing over src (B, S) and tgt_in (B, T).
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """(B, S), (B, T) -> logits (B, T, V)."""
-        return self.out_proj(self.features(src, tgt_in))
+        Without targets: the logits (B, T, V). With tgt_out (B, T): (loss_sum, nll_sum),
+        the label-smoothed loss and the plain NLL summed over its non-padding tokens
+        (float32 scalars; only loss_sum has a gradient), from the model.kernels' loss
+        head. The head's matmul runs in the autocast dtype where autocast is on (bf16
+        training), else in the states' dtype; the head itself runs outside autocast, as
+        it chooses its own precision (nmt/loss.py).
+        """
+        memory, mask = self.encode(src)
+        hidden = self.decode(tgt_in, memory, mask)
+        if tgt_out is None:
+            return self.out_proj(hidden)
+        device_type = hidden.device.type
+        dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                 else hidden.dtype)
+        with torch.autocast(device_type, enabled=False):
+            return self.kernels.loss_head(hidden, self.out_proj.weight, tgt_out,
+                                          label_smoothing, self.cfg.pad_id, dtype=dtype)
 
     @torch.no_grad()
     def start_decoding(self, memory: Tensor, src_mask: Tensor, max_len: int,

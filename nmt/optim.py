@@ -1,10 +1,5 @@
-"""Optimizers from the `optim` params group, and the report's "SGD after Adam".
-
-Training runs in up to two phases. The main phase uses `optim.name` (adam,
-adamw or sgd) at `optim.lr`. With `optim.sgd_from_epoch` = N > 0, epochs N and
-later run a fresh plain SGD optimizer at `optim.sgd_lr` with `optim.momentum`
-(the report's planned fine-tune); the train loop asks `phase_for_epoch` at the
-start of each epoch and rebuilds the optimizer when the phase changes.
+"""Optimizers from the `optim` params group, one per optimizer phase (nmt/phases.py):
+`optim.name` for the main phase, plain SGD with `optim.momentum` for the SGD phase.
 
 Weight decay applies only to matrices (parameters with dim >= 2: linear and
 embedding weights), never to biases or LayerNorm gains: decaying those does
@@ -20,9 +15,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import settings
 from .errors import lookup
-
-PHASES = ("main", "sgd")
+from .phases import MAIN, PHASES, SGD
 
 
 def _adam(groups: list[dict], optim_params, lr: float) -> torch.optim.Optimizer:
@@ -40,18 +35,13 @@ def _sgd(groups: list[dict], optim_params, lr: float) -> torch.optim.Optimizer:
                            fused=True)
 
 
-# optim.name: its allowed values are this registry's keys; each builds (groups, optim, lr).
-OPTIMIZERS: dict[str, Callable[[list[dict], object, float], torch.optim.Optimizer]] = {
-    "adam": _adam,
-    "adamw": _adamw,
-    "sgd": _sgd,
-}
-
-
-def phase_for_epoch(optim_params, epoch: int) -> str:
-    """"main" or "sgd" for a 1-based `epoch`; optim.sgd_from_epoch 0 means never "sgd"."""
-    start = optim_params.sgd_from_epoch
-    return "sgd" if start > 0 and epoch >= start else "main"
+# optim.name; each entry builds (groups, optim params, lr).
+OPTIMIZERS: dict[str, Callable[[list[dict], object, float], torch.optim.Optimizer]] = \
+    settings.registry("optim.name", settings.OPTIMIZERS, {
+        "adam": _adam,
+        "adamw": _adamw,
+        "sgd": _sgd,
+    })
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -68,17 +58,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(optim_params, model: nn.Module, phase: str = "main") -> torch.optim.Optimizer:
-    """The optimizer for `phase` ("main" or "sgd") over `model`'s trainable parameters.
+def build_optimizer(optim_params, model: nn.Module, phase: str = MAIN) -> torch.optim.Optimizer:
+    """The optimizer for `phase` (phases.MAIN or phases.SGD) over `model`'s trainable
+    parameters.
 
-    All optimizers use torch's fused kernels: on CPU they are 3-10x faster
-    than the per-tensor loop for Adam(W), and, being elementwise, give the
-    same bits on every run.
+    All optimizers use torch's fused kernels: faster than the per-tensor loop on the
+    CPU (docs/speed.md) and, being elementwise, the same bits on every run.
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     groups = parameter_groups(model, optim_params.weight_decay)
-    if phase == "sgd":
+    if phase == SGD:
         return _sgd(groups, optim_params, optim_params.sgd_lr)
     build = lookup(OPTIMIZERS, "optim.name", optim_params.name)
     return build(groups, optim_params, optim_params.lr)

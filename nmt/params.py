@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError, lookup
-from .model import ACTIVATIONS, KERNELS, POSITIONAL_ENCODINGS, ModelSettings
-from .optim import OPTIMIZERS
-from .schedules import SCHEDULES
+from . import settings
+from .errors import UserError, check_choice
+from .settings import ModelSettings
+
 CORPUS_DIR = "corpus"  # a user's own corpus files (data.files) live here: prepare's DVC dep
 
 
@@ -84,7 +84,7 @@ class Subsample:
 
 
 class Model(ModelSettings):
-    """The fields are declared once, beside the model (nmt.model.ModelSettings)."""
+    """The fields are declared once, torch-free (nmt.settings.ModelSettings)."""
 
     def validate(self) -> None:
         for name in ("d_model", "nhead", "dim_feedforward", "num_encoder_layers",
@@ -95,9 +95,9 @@ class Model(ModelSettings):
                 f"model.d_model: {self.d_model} is not divisible by model.nhead ({self.nhead})")
         _in_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
-        lookup(ACTIVATIONS, "model.activation", self.activation)
-        lookup(POSITIONAL_ENCODINGS, "model.positional", self.positional)
-        lookup(KERNELS, "model.kernels", self.kernels)
+        check_choice(settings.ACTIVATIONS, "model.activation", self.activation)
+        check_choice(settings.POSITIONAL_ENCODINGS, "model.positional", self.positional)
+        check_choice(settings.KERNELS, "model.kernels", self.kernels)
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Optim:
     sgd_lr: float = 0.01
 
     def validate(self) -> None:
-        lookup(OPTIMIZERS, "optim.name", self.name)
+        check_choice(settings.OPTIMIZERS, "optim.name", self.name)
         _positive("optim.lr", self.lr)
         _positive("optim.sgd_lr", self.sgd_lr)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -141,7 +141,7 @@ class Schedule:
     plateau_factor: float = 0.5
 
     def validate(self) -> None:
-        lookup(SCHEDULES, "schedule.name", self.name)
+        check_choice(settings.SCHEDULES, "schedule.name", self.name)
         _at_least("schedule.warmup_steps", self.warmup_steps, 0)
         _in_range("schedule.gamma", self.gamma, 0.0, 1.0, lo_open=True)
         _at_least("schedule.min_lr", self.min_lr, 0.0)
@@ -169,7 +169,7 @@ class Train:
     # elapsed minutes; costs one greedy pass over the validation set an epoch.
     val_bleu: bool = False
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # not "off": YAML 1.1 reads it as false
-    compile: bool = False  # torch.compile the model (any device; slower on a 2-core CPU)
+    compile: bool = False  # torch.compile the model (any device; no gain on CPUs: docs/speed.md)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     nproc_per_node: int = 1  # > 1: data-parallel over this many processes under torchrun

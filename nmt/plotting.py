@@ -1,4 +1,5 @@
-"""Matplotlib helpers shared by the plots stage and the experiment report."""
+"""Matplotlib helpers shared by the plots stage and the experiment report, and the plots
+stage's figures of one run (`training_figures`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import fsio  # noqa: E402
+from . import fsio, trainlog  # noqa: E402
 
 Series = dict[str, tuple[list[float], list[float]]]  # label -> (x, y)
 
@@ -56,3 +57,28 @@ def line_plot(path: Path, series: Series, *, title: str, xlabel: str, ylabel: st
     with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
+
+
+def training_figures(out_dir: Path, epochs: list[dict], steps: list[dict], *, name: str,
+                     test_bleu: float | None, dpi: int) -> None:
+    """The PNGs of one run's training logs (trainlog rows) in `out_dir`: loss per epoch
+    (its title carries the test BLEU, when there is one), learning rate per step, and
+    validation BLEU against training minutes where training logged it (train.val_bleu)."""
+    x = [r["epoch"] for r in epochs]
+    bleu = f", test BLEU {test_bleu:.1f}" if test_bleu is not None else ""
+    line_plot(out_dir / "loss.png",
+              {"train loss": (x, [r["train_loss"] for r in epochs]),
+               "validation loss": (x, [r["val_loss"] for r in epochs])},
+              title=f"Loss per epoch ({name}{bleu})", xlabel="epoch",
+              ylabel="cross-entropy per target token", dpi=dpi)
+    line_plot(out_dir / "lr.png",
+              {"learning rate": ([r["step"] for r in steps], [r["lr"] for r in steps])},
+              title=f"Learning rate per optimizer step ({name})", xlabel="optimizer step",
+              ylabel="learning rate", dpi=dpi, markers=False)
+    if all(trainlog.BLEU_COLUMN in r for r in epochs):
+        line_plot(out_dir / "val_bleu.png",
+                  {"greedy validation BLEU": ([r["minutes"] for r in epochs],
+                                              [r[trainlog.BLEU_COLUMN] for r in epochs])},
+                  title=f"Validation BLEU against training time ({name})",
+                  xlabel="training minutes (validation included)",
+                  ylabel="BLEU (greedy, validation set)", dpi=dpi)

@@ -41,6 +41,7 @@ log = logging.getLogger("nmt.train")
 STATE_FILE = "state.pt"
 PREV_STATE_FILE = "state.prev.pt"
 EPOCH_DIR = "epochs"
+CODE_HASH_LENGTH = 12  # hex digits of code_hash, as short as a git commit's is shown
 
 
 @dataclass
@@ -51,7 +52,6 @@ class Progress:
     epoch: int = 1  # the epoch being trained (1-based)
     batch_pos: int = 0  # batches of this epoch's order already done
     step: int = 0  # optimizer steps done
-    phase: str = "main"  # optimizer phase: main, or sgd after optim.sgd_from_epoch
     train_seconds: float = 0.0  # time in training steps (not validation)
     wall_seconds: float = 0.0  # all time in the stage's loop, validation included
     val_bleu_seconds: float = 0.0  # of which greedy validation BLEU (train.val_bleu)
@@ -98,9 +98,20 @@ def fingerprint(params: Params, data_files: list[Path], code_files: list[Path]) 
     blob = {"seed": params.seed, "model": params.group("model"), "loss": params.group("loss"),
             "optim": params.group("optim"), "schedule": params.group("schedule"), "train": train,
             "data": [fsio.sha256_file(p) for p in data_files],
-            "code": {str(p): fsio.sha256_file(p) for p in code_files},
+            "code": _code_digests(code_files),
             "torch": torch.__version__}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def code_hash(code_files: list[Path]) -> str:
+    """A short hash of the training code: the files `fingerprint` hashes, by path and
+    content (metrics.json `code`, so a run's figures name the code that made them)."""
+    blob = json.dumps(_code_digests(code_files), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:CODE_HASH_LENGTH]
+
+
+def _code_digests(code_files: list[Path]) -> dict[str, str]:
+    return {str(p): fsio.sha256_file(p) for p in code_files}
 
 
 def stage_code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[Path]:

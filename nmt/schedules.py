@@ -20,10 +20,8 @@ entirely, so `-S schedule.name=exponential` is the report's run as it was.
 
 Step T is one past the last step, so the last step still learns a little.
 
-SGD phase: with optim.sgd_from_epoch = N > 0, every step of epoch N and later
-(epoch = s // steps_per_epoch + 1) runs at the constant optim.sgd_lr instead
-of the schedule: the fresh SGD optimizer has its own scale of step sizes, so
-continuing Adam's curve would mean nothing.
+Optimizer phases: a step in a phase with a fixed rate (the SGD phase after
+optim.sgd_from_epoch, nmt/phases.py) runs at that rate instead of the schedule.
 
 Plateau guard (schedule.plateau_patience > 0): torch's ReduceLROnPlateau on
 the per-epoch validation loss (mode min, relative threshold 1e-4, no cooldown)
@@ -35,8 +33,9 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+from . import settings
 from .errors import UserError, lookup
-from .optim import phase_for_epoch
+from .phases import Phases
 
 PLATEAU_THRESHOLD = 1e-4  # torch's default: better means below best · (1 - 1e-4)
 
@@ -63,8 +62,8 @@ def _cosine(lr: "LearningRate", step: int) -> float:
     return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * _progress(lr, step)))
 
 
-# schedule.name: its allowed values are this registry's keys.
-SCHEDULES: dict[str, Curve] = {
+# schedule.name
+SCHEDULES: dict[str, Curve] = settings.registry("schedule.name", settings.SCHEDULES, {
     "constant": Curve(lambda lr, step: lr.optim.lr, warms_up=False),
     "exponential": Curve(lambda lr, step: lr.optim.lr * lr.schedule.gamma
                          ** (step // lr.steps_per_epoch), warms_up=False),
@@ -73,7 +72,7 @@ SCHEDULES: dict[str, Curve] = {
                                                                     / max(step, 1)),
                           warms_up=True),
     "cosine": Curve(_cosine, warms_up=True),
-}
+})
 
 
 def check(schedule_params, total_steps: int) -> None:
@@ -86,13 +85,13 @@ def check(schedule_params, total_steps: int) -> None:
 
 
 class LearningRate:
-    """lr(step) for one run: schedule × plateau scale, or the SGD phase's constant."""
+    """lr(step) for one run: schedule × plateau scale, or a fixed-rate phase's constant."""
 
     def __init__(self, schedule_params, optim_params, total_steps: int, steps_per_epoch: int):
         """
         Args:
             schedule_params: the `schedule` params group.
-            optim_params: the `optim` params group (peak lr, SGD phase).
+            optim_params: the `optim` params group (peak lr, optimizer phases).
             total_steps: optimizer steps in the whole run (epochs · steps_per_epoch).
             steps_per_epoch: optimizer steps in every epoch.
         """
@@ -102,6 +101,7 @@ class LearningRate:
         check(schedule_params, total_steps)
         self.schedule = schedule_params
         self.optim = optim_params
+        self.phases = Phases.from_params(optim_params)
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.curve = lookup(SCHEDULES, "schedule.name", schedule_params.name)
@@ -113,9 +113,9 @@ class LearningRate:
 
     def __call__(self, step: int) -> float:
         """The learning rate for 0-based optimizer step `step`."""
-        epoch = step // self.steps_per_epoch + 1
-        if phase_for_epoch(self.optim, epoch) == "sgd":
-            return self.optim.sgd_lr * self.scale
+        fixed = self.phases.fixed_lr(self.phases.of_step(step, self.steps_per_epoch))
+        if fixed is not None:
+            return fixed * self.scale
         return self._schedule(step) * self.scale
 
     def _schedule(self, step: int) -> float:

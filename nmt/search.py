@@ -36,10 +36,11 @@ from .device import autocast
 from .model import Seq2SeqTransformer
 from .params import Translate
 from .scoring import score
+from .tokenizer import SpecialIds
 
 
 def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Translate, *,
-                  bos: int, eos: int, pad: int, device: torch.device | str,
+                  special: SpecialIds, device: torch.device | str,
                   use_cache: bool = True, desc: str | None = None) -> list[list[int]]:
     """Translate any number of sources (ids without bos/eos) with the `translate` params;
     target ids come back in the input's order, [] for an empty source.
@@ -57,8 +58,8 @@ def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Tran
             batch = order[start:start + cfg.batch_sentences]
             out = translate_ids(model, [sources[i] for i in batch], beam_size=cfg.beam_size,
                                 length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
-                                max_len_b=cfg.max_len_b, bos=bos, eos=eos, pad=pad,
-                                device=device, use_cache=use_cache)
+                                max_len_b=cfg.max_len_b, special=special, device=device,
+                                use_cache=use_cache)
             for i, ids in zip(batch, out):
                 hyps[i] = ids
             bar.update(len(batch))
@@ -66,7 +67,7 @@ def translate_all(model: Seq2SeqTransformer, sources: list[list[int]], cfg: Tran
 
 
 def greedy_bleu(model: Seq2SeqTransformer, sources: list[list[int]], refs: list[str],
-                translate: Translate, *, decode, bos: int, eos: int, pad: int,
+                translate: Translate, *, decode, special: SpecialIds,
                 device: torch.device | str) -> float:
     """Greedy corpus BLEU of `model` on `sources` against `refs`, with the other translate
     settings as configured: the validation BLEU training logs (train.val_bleu) and
@@ -76,15 +77,15 @@ def greedy_bleu(model: Seq2SeqTransformer, sources: list[list[int]], refs: list[
     was_training = model.training
     model.eval()
     try:  # (the search itself runs under inference_mode)
-        hyps = translate_all(model, sources, greedy, bos=bos, eos=eos, pad=pad, device=device)
+        hyps = translate_all(model, sources, greedy, special=special, device=device)
     finally:
         model.train(was_training)
     return score(decode(hyps), refs)["bleu"]
 
 
 def translate_ids(model: Seq2SeqTransformer, src_batch: list[list[int]], *, beam_size: int,
-                  length_penalty: float, max_len_a: float, max_len_b: int, bos: int, eos: int,
-                  pad: int, device: torch.device | str, use_cache: bool = True,
+                  length_penalty: float, max_len_a: float, max_len_b: int,
+                  special: SpecialIds, device: torch.device | str, use_cache: bool = True,
                   bf16: bool = False) -> list[list[int]]:
     """Translate sentences of source ids (no bos/eos) into target ids (no bos/eos), in order.
 
@@ -97,16 +98,16 @@ def translate_ids(model: Seq2SeqTransformer, src_batch: list[list[int]], *, beam
         return []
     device = torch.device(device)
     src, max_lens = batch_sources(model, src_batch, max_len_a=max_len_a, max_len_b=max_len_b,
-                                  eos=eos, pad=pad, device=device)
+                                  special=special, device=device)
     with autocast(device, bf16):
         if beam_size == 1:
-            return greedy(model, src, max_lens, bos=bos, eos=eos, use_cache=use_cache)
+            return greedy(model, src, max_lens, special=special, use_cache=use_cache)
         return beam_search(model, src, max_lens, beam_size=beam_size,
-                           length_penalty=length_penalty, bos=bos, eos=eos, use_cache=use_cache)
+                           length_penalty=length_penalty, special=special, use_cache=use_cache)
 
 
 def batch_sources(model: Seq2SeqTransformer, src_batch: list[list[int]], *, max_len_a: float,
-                  max_len_b: int, eos: int, pad: int, device: torch.device | str
+                  max_len_b: int, special: SpecialIds, device: torch.device | str
                   ) -> tuple[Tensor, Tensor]:
     """Sources (ids without eos) -> padded src (B, S) with eos, and max output lengths (B,).
 
@@ -118,8 +119,8 @@ def batch_sources(model: Seq2SeqTransformer, src_batch: list[list[int]], *, max_
     if positions is not None:
         src_batch = [ids[:positions - 1] for ids in src_batch]
         max_lens = [min(n, positions - 1) for n in max_lens]
-    src = pad_sequence([torch.tensor(ids + [eos]) for ids in src_batch], batch_first=True,
-                       padding_value=pad)
+    src = pad_sequence([torch.tensor(ids + [special.eos]) for ids in src_batch],
+                       batch_first=True, padding_value=special.pad)
     return src.to(device), torch.tensor(max_lens, device=device)
 
 
@@ -169,9 +170,10 @@ def _decoder(model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, steps:
 
 
 @torch.inference_mode()
-def greedy(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bos: int, eos: int,
+def greedy(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, special: SpecialIds,
            use_cache: bool = True) -> list[list[int]]:
     """The most likely token at each step. src (B, S) as batch_sources makes it, max_lens (B,)."""
+    bos, eos = special.bos, special.eos
     memory, src_mask = model.encode(src)
     b = src.shape[0]
     steps = int(max_lens.max()) + 1  # the last step can only be eos
@@ -198,15 +200,28 @@ def _penalty(length: Tensor | int, alpha: float) -> Tensor | float:
     return ((5 + length) / 6) ** alpha
 
 
+def _best_extensions(logp: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best 2k extensions of each sentence's k open beams, best first: their scores,
+    the beam each extends and its token, each (N, 2k). logp (N*k, V) of the next token,
+    scores (N, k) of the beams so far.
+
+    They are among each beam's best 2k tokens: rank those (N, k * 2k) instead of all
+    (N, k * V)."""
+    n, m = scores.shape[0], min(2 * k, logp.shape[-1])
+    row_top, row_token = logp.topk(m)  # (N*k, m)
+    top, index = (scores[:, :, None] + row_top.view(n, k, m)).view(n, k * m).topk(2 * k)
+    return top, index // m, row_token.view(n, k * m).gather(1, index)
+
+
 @torch.inference_mode()
 def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, beam_size: int,
-                length_penalty: float, bos: int, eos: int, use_cache: bool = True
+                length_penalty: float, special: SpecialIds, use_cache: bool = True
                 ) -> list[list[int]]:
     """The best of k beams per sentence (see the module docstring).
 
     src (B, S) as batch_sources makes it, max_lens (B,); returns ids without bos/eos.
     """
-    k, alpha = beam_size, length_penalty
+    k, alpha, bos, eos = beam_size, length_penalty, special.bos, special.eos
     memory, src_mask = model.encode(src)
     b, dev = src.shape[0], src.device
     steps = int(max_lens.max()) + 1  # the last step can only be eos
@@ -224,20 +239,14 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
     tokens = src.new_full((b * k,), bos)  # (N*k,) last token of each open beam
     prefix = src.new_empty((b * k, 0))  # (N*k, t) tokens after bos
     closed: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]  # (score, ids)
-    v = model.cfg.tgt_vocab_size
-    not_eos = torch.arange(v, device=dev) != eos  # (V,)
+    not_eos = torch.arange(model.cfg.tgt_vocab_size, device=dev) != eos  # (V,)
     for t in range(steps):
         n = alive.numel()
         logp = F.log_softmax(decoder.step(tokens).float(), dim=-1)  # (N*k, V)
         at_limit = limit <= t  # (N,)
         if at_limit.any():  # only eos may follow
             logp.masked_fill_(at_limit.repeat_interleave(k)[:, None] & not_eos, -torch.inf)
-        # The best 2k extensions of a sentence are among each beam's best 2k tokens: rank
-        # those (N, k * 2k) instead of all (N, k * V).
-        m = min(2 * k, v)
-        row_top, row_token = logp.topk(m)  # (N*k, m)
-        top, index = (scores[:, :, None] + row_top.view(n, k, m)).view(n, k * m).topk(2 * k)
-        beam, token = index // m, row_token.view(n, k * m).gather(1, index)  # (N, 2k), best first
+        top, beam, token = _best_extensions(logp, scores, k)  # (N, 2k), best first
         is_eos = token == eos
 
         close = is_eos[:, :k] & top[:, :k].isfinite()  # (N, k)
@@ -246,9 +255,9 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_lens: Tensor, *, bea
             best_closed = torch.maximum(best_closed, closed_scores.max(dim=1).values)
             n_closed += close.sum(dim=1)
             s, j = close.nonzero(as_tuple=True)
-            for sentence, score, hyp in zip(alive[s].tolist(), closed_scores[s, j].tolist(),
+            for sentence, value, hyp in zip(alive[s].tolist(), closed_scores[s, j].tolist(),
                                             prefix[s * k + beam[s, j]].tolist()):
-                closed[sentence].append((score, hyp))
+                closed[sentence].append((value, hyp))
 
         scores, pick = top.masked_fill(is_eos, -torch.inf).topk(k)  # (N, k) best open
         beam, token = beam.gather(1, pick), token.gather(1, pick)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -35,6 +36,15 @@ _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids that frame every sequence: padding, and the beginning and end of a sentence."""
+
+    pad: int = PAD_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+
+
 class Tokenizers:
     """Source and target SentencePiece processors; one object for both when shared."""
 
@@ -42,7 +52,7 @@ class Tokenizers:
         self.src = src
         self.tgt = tgt
         self.shared = src is tgt
-        self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
+        self.special = SpecialIds()
         self.src_vocab_size: int = src.get_piece_size()
         self.tgt_vocab_size: int = tgt.get_piece_size()
 

@@ -4,9 +4,14 @@ One optimizer step sums the gradients of `accum_steps` batches, each loss
 divided by the real target tokens of the whole window, so k batches of b
 tokens give the same update as one batch of k*b tokens.
 
+Every forward pass, training and validation, is the model's own forward given the
+targets (`Seq2SeqTransformer.forward`), called through `self.forward`: the model
+itself, wrapped by DistributedDataParallel on several ranks, or compiled.
+
 The loop saves its resume state (nmt/resume.py) at the end of each epoch,
 every `train.save_every_steps` optimizer steps and where a budget stops it;
-the stage then writes its outputs from that state (nmt/publish.py).
+the stage then writes its outputs from that state and `Trainer.metrics()`
+(nmt/publish.py).
 
 There is no gradient scaler to save: mixed precision is bf16, whose exponent
 range is fp32's, so gradients do not underflow and need no loss scaling (fp16,
@@ -20,18 +25,19 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, device as devices, distributed, publish, resume
+from . import checkpoints, device as devices, distributed, resume
 from .batching import Batch, epoch_order
 from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer, count_parameters
-from .optim import build_optimizer, phase_for_epoch
+from .optim import build_optimizer
 from .params import Params
+from .phases import Phases
 from .resume import Progress
 from .schedules import LearningRate
 from .trainlog import LiveLog
@@ -47,11 +53,12 @@ class Trainer:
     def __init__(self, params: Params, cfg: ModelConfig, train_batches: list[Batch],
                  val_batches: list[Batch], state_dir: Path, fp: str, *,
                  device: torch.device = torch.device("cpu"), live: LiveLog | None = None,
-                 val_bleu: Callable[[torch.nn.Module], float] | None = None):
+                 val_bleu: Callable[[torch.nn.Module], float] | None = None, code: str = ""):
         """`fp`: the resume fingerprint (resume.fingerprint); `device`: where to train, as
         the stage picked it from train.device; `live`: where each step's and epoch's row
         goes as it is made (nmt/trainlog.py); `val_bleu`: the model's validation BLEU,
-        logged at each epoch end when given (train.val_bleu), on the main process only."""
+        logged at each epoch end when given (train.val_bleu), on the main process only;
+        `code`: the short hash of the training code (resume.code_hash), for the metrics."""
         self.p = params
         self.cfg = cfg
         self.train_batches = train_batches
@@ -66,27 +73,22 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_batches) / self.batches_per_step)
         self.total_steps = self.steps_per_epoch * params.train.epochs
         self.lr = LearningRate(params.schedule, params.optim, self.total_steps, self.steps_per_epoch)
+        self.phases = Phases.from_params(params.optim)
+        self.code = code
 
         seed_everything(params.seed)
         self.model = Seq2SeqTransformer(cfg).to(self.device)
         if params.train.init_from:  # a fresh optimizer and schedule over these weights
             self.model.load_state_dict(checkpoints.load_init(params.train.init_from, cfg))
-        self.features = self.model.features
-        if params.train.compile:
-            if self.device.type == "cpu":
-                if not (shutil.which("c++") or shutil.which("g++")):
-                    raise UserError("train.compile: torch.compile on the CPU needs a C++ "
-                                    "compiler (c++ or g++) on PATH; set train.compile: false")
-                log.warning("train.compile on the CPU: on a 2-core Xeon it compiled for "
-                            "about 2 minutes and then ran slower than eager (README, Speed)")
-            self.features = torch.compile(self.model.features, dynamic=True)
         self.progress = Progress(fingerprint=fp)
-        self.optimizer = build_optimizer(params.optim, self.model, "main")
+        self.optimizer = build_optimizer(params.optim, self.model, self.phases.held_after(1, 0))
         self._resume()
         self.ddp = distributed.wrap(self.model, self.device)  # after the resume: its weights
-        if self.ddp is not None:
-            self.features = torch.compile(self.ddp, dynamic=True) if params.train.compile \
-                else self.ddp
+        # What the loop calls: the model, or DDP around it, compiled where train.compile asks.
+        self.forward: torch.nn.Module = self.model if self.ddp is None else self.ddp
+        if params.train.compile:
+            check_compiler(self.device)
+            self.forward = torch.compile(self.forward, dynamic=True)
 
     # ---- state ---------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -106,7 +108,8 @@ class Trainer:
                 resume.clear(self.state_dir)
                 return
             self.model.load_state_dict(state["model"])
-            self.optimizer = build_optimizer(self.p.optim, self.model, progress.phase)
+            held = self.phases.held_after(progress.epoch, progress.batch_pos)
+            self.optimizer = build_optimizer(self.p.optim, self.model, held)
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr.load_state_dict(state["schedule"])
             resume.restore_rng(state["rng"])
@@ -122,13 +125,11 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def loss_on(self, batch: Batch, epsilon: float) -> tuple[torch.Tensor, float]:
-        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass."""
+        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the model's
+        forward given the targets, under autocast where the run trains in bf16."""
         b = batch.to(self.device)
         with devices.autocast(self.device, self.bf16):
-            hidden = self.features(b.src, b.tgt_in)
-        loss_sum, nll_sum = self.model.kernels.loss_head(
-            hidden, self.model.out_proj.weight, b.tgt_out, epsilon, self.cfg.pad_id,
-            dtype=torch.bfloat16 if self.bf16 else torch.float32)
+            loss_sum, nll_sum = self.forward(b.src, b.tgt_in, b.tgt_out, label_smoothing=epsilon)
         return loss_sum, float(nll_sum)
 
     def train_step(self, window: list[Batch]) -> float:
@@ -195,50 +196,13 @@ class Trainer:
 
     def _train(self) -> None:
         p, pr = self.p, self.progress
-        budget = p.train.budget_minutes * 60
         self.model.train()
         while pr.epoch <= p.train.epochs:
-            epoch = pr.epoch
-            phase = phase_for_epoch(p.optim, epoch)
-            if phase != pr.phase:
-                log.info("epoch %d: switching the optimizer to %s", epoch, phase)
+            phase = self.phases.of_epoch(pr.epoch)
+            if phase != self.phases.held_after(pr.epoch, pr.batch_pos):
+                log.info("epoch %d: switching the optimizer to %s", pr.epoch, phase)
                 self.optimizer = build_optimizer(p.optim, self.model, phase)
-                pr.phase = phase
-            order = epoch_order(len(self.train_batches), p.seed, epoch)
-            # disable=None: no bar where stderr is no terminal (a log file, a queued run),
-            # whose \r frames would pile up there; the log line per epoch says what matters.
-            bar = tqdm(total=len(order), initial=pr.batch_pos, desc=f"epoch {epoch}",
-                       unit="batch", leave=False, dynamic_ncols=True,
-                       disable=None if distributed.is_main() else True)
-            while pr.batch_pos < len(order):
-                t0 = time.perf_counter()
-                window_ids = order[pr.batch_pos:pr.batch_pos + self.batches_per_step]
-                window = [self.train_batches[i] for i in window_ids]
-                loss = self.train_step(window)
-                if self.live:
-                    self.live.step(pr.step_rows[-1])
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
-                n_tok = sum(b.n_tgt_tokens for b in window)
-                pr.batch_pos += len(window)
-                pr.epoch_nll += loss * n_tok
-                pr.epoch_tokens += n_tok
-                pr.epoch_seconds += dt
-                pr.train_seconds += dt
-                pr.wall_seconds += dt
-                bar.update(len(window))
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(pr.step):.2e}",
-                                tok_s=f"{pr.epoch_tokens / max(pr.epoch_seconds, 1e-9):.0f}")
-                if budget and distributed.any_rank(pr.wall_seconds >= budget, self.device):
-                    pr.stopped_by = "budget"
-                    log.info("train.budget_minutes (%.1f) reached at step %d: stopping",
-                             p.train.budget_minutes, pr.step)
-                    break
-                if p.train.save_every_steps and pr.step % p.train.save_every_steps == 0:
-                    self.save_state()
-            bar.close()
-            if pr.batch_pos < len(order):  # the budget stopped it mid-epoch
+            if not self._train_epoch():  # the budget stopped it mid-epoch
                 self._stop_mid_epoch()
                 return
             self._end_epoch()
@@ -247,6 +211,47 @@ class Trainer:
         if not pr.stopped_by:
             pr.stopped_by = "epochs"
         self.save_state()
+
+    def _train_epoch(self) -> bool:
+        """The rest of this epoch's batches, a window per step; False when the time budget
+        stopped it before its end."""
+        p, pr = self.p, self.progress
+        budget = p.train.budget_minutes * 60
+        order = epoch_order(len(self.train_batches), p.seed, pr.epoch)
+        # disable=None: no bar where stderr is no terminal (a log file, a queued run),
+        # whose \r frames would pile up there; the log line per epoch says what matters.
+        bar = tqdm(total=len(order), initial=pr.batch_pos, desc=f"epoch {pr.epoch}",
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if distributed.is_main() else True)
+        while pr.batch_pos < len(order):
+            t0 = time.perf_counter()
+            window_ids = order[pr.batch_pos:pr.batch_pos + self.batches_per_step]
+            window = [self.train_batches[i] for i in window_ids]
+            loss = self.train_step(window)
+            if self.live:
+                self.live.step(pr.step_rows[-1])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            n_tok = sum(b.n_tgt_tokens for b in window)
+            pr.batch_pos += len(window)
+            pr.epoch_nll += loss * n_tok
+            pr.epoch_tokens += n_tok
+            pr.epoch_seconds += dt
+            pr.train_seconds += dt
+            pr.wall_seconds += dt
+            bar.update(len(window))
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(pr.step):.2e}",
+                            tok_s=f"{pr.epoch_tokens / max(pr.epoch_seconds, 1e-9):.0f}")
+            if budget and distributed.any_rank(pr.wall_seconds >= budget, self.device):
+                pr.stopped_by = "budget"
+                log.info("train.budget_minutes (%.1f) reached at step %d: stopping",
+                         p.train.budget_minutes, pr.step)
+                break
+            if p.train.save_every_steps and pr.step % p.train.save_every_steps == 0:
+                self.save_state()
+        bar.close()
+        return pr.batch_pos >= len(order)
 
     def _stop_mid_epoch(self) -> None:
         """Validate and keep the weights where the budget stopped, and save the state at
@@ -259,7 +264,7 @@ class Trainer:
             resume.save_stopped_weights(self.state_dir, pr, self.cfg, self.model)
         self.save_state()
         if self.live:
-            self.live.epoch(pr.stopped_row, publish.metrics(self))
+            self.live.epoch(pr.stopped_row, self.metrics())
 
     def _validate(self) -> tuple[float, float | None]:
         """(validation loss, greedy validation BLEU or None); their time counts in the
@@ -313,12 +318,58 @@ class Trainer:
             pr.stopped_by = "early_stopping"
             log.info("early stopping: no better validation loss for %d epochs", patience)
         if self.live:
-            self.live.epoch(row, publish.metrics(self))
+            self.live.epoch(row, self.metrics())
         pr.epoch += 1
         pr.batch_pos = 0
         pr.epoch_nll = pr.epoch_seconds = 0.0
         pr.epoch_tokens = 0
         self.save_state()
+
+    def metrics(self) -> dict[str, Any]:
+        """data/train/metrics.json: the run's results so far, what it cost, and what made
+        it (the torch version and the short hash of the training code)."""
+        pr, dev, train = self.progress, self.device, self.p.train
+        rows = pr.published_rows()
+        best_val_loss, best_epoch = pr.best_val_loss, pr.best_epoch
+        if pr.stopped_row and pr.stopped_row["val_loss"] < best_val_loss:
+            best_val_loss, best_epoch = pr.stopped_row["val_loss"], pr.stopped_row["epoch"]
+        ranks = distributed.world_size()
+        hours = pr.wall_seconds / 3600 * ranks  # every rank's device (or threads) for the run
+        return {
+            "epochs": len(rows),
+            "steps": pr.step,
+            "best_val_loss": round(best_val_loss, 5),
+            "best_epoch": best_epoch,
+            "final_val_loss": rows[-1]["val_loss"] if rows else None,
+            "stopped_by": pr.stopped_by or "running",  # live metrics, written as epochs end
+            "train_minutes": round(pr.wall_seconds / 60, 2),
+            **({"val_bleu_minutes": round(pr.val_bleu_seconds / 60, 2)} if train.val_bleu else {}),
+            "wall_seconds": round(pr.wall_seconds, 1),
+            "tokens_seen": pr.tokens_seen,
+            "tokens_per_s": round(pr.tokens_seen / max(pr.train_seconds, 1e-9), 1),
+            "peak_memory_mb": round(devices.peak_memory_mb(dev), 1),
+            "device": devices.describe(dev),
+            ("gpu_hours" if dev.type == "cuda" else "cpu_hours"):
+                round(hours * (1 if dev.type == "cuda" else torch.get_num_threads()), 6),
+            "parameters": count_parameters(self.model),
+            "bf16": self.bf16,
+            "batch_tokens": train.batch_tokens,
+            "ranks": ranks,
+            "global_batch_tokens": train.batch_tokens * self.batches_per_step,
+            "torch": torch.__version__,
+            "code": self.code,
+        }
+
+
+def check_compiler(device: torch.device) -> None:
+    """train.compile on the CPU needs a C++ compiler; warn that it has not paid there."""
+    if device.type != "cpu":
+        return
+    if not (shutil.which("c++") or shutil.which("g++")):
+        raise UserError("train.compile: torch.compile on the CPU needs a C++ compiler (c++ or "
+                        "g++) on PATH; set train.compile: false")
+    log.warning("train.compile on the CPU: it compiles for minutes and was slower than eager "
+                "on the CPUs measured (docs/speed.md)")
 
 
 def seed_everything(seed: int) -> None:

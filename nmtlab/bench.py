@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from nmt import checkpoints, device as devices, fsio, memory, paths
-from nmt.batching import collate, epoch_order, make_batches, padding_fraction
+from nmt import checkpoints, device as devices, fsio, paths, training
+from nmt.batching import Batch, collate, epoch_order, padding_fraction
 from nmt.errors import UserError, main_entry
 from nmt.model import ModelConfig, Seq2SeqTransformer, count_parameters, sinusoidal_table
 from nmt.params import Params, Translate, load
 from nmt.search import translate_all
-from nmt.tokenizer import Tokenizers
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
 
 from . import ct2
@@ -48,9 +48,9 @@ OUT = Path("reports") / "bench.json"
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
     """The machine's practical peak for this dtype: the best of `repeats` one-second
-    measurements of matmul_flops. One measurement on this shared 2-core machine once came
-    out at a third of the others (0.64 against 1.5-1.7 TFLOP/s), and MFU with it at
-    35% instead of 13%; the best of several is robust to a slow second."""
+    measurements of matmul_flops. On a shared machine one measurement can come out far
+    below the others, and the MFU with it far above (docs/speed.md); the best of several
+    is robust to a slow second."""
     return max(matmul_flops(device, dtype) for _ in range(repeats))
 
 
@@ -156,50 +156,63 @@ def bench_compiled(params: Params, cfg: ModelConfig, batches: list, steps: int, 
             "compile_speedup": round(tps / eager_tps, 2)}
 
 
-def train_setup(params: Params, tok: Tokenizers, src: list, tgt: list,
-                device: torch.device) -> tuple[ModelConfig, bool, int]:
-    """(model config, bf16, batch tokens) as the train stage would choose them here
-    (batch_tokens: auto probes the memory once)."""
-    cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
-                                  tok.shared, tok.pad_id)
-    bf16 = devices.use_bf16(params.train.amp, device)
-    batch_tokens = params.train.batch_tokens
-    if batch_tokens == "auto":
-        batch_tokens = memory.choose_batch_tokens(params, cfg, device, bf16, src, tgt,
-                                                  pad=tok.pad_id, bos=tok.bos_id,
-                                                  eos=tok.eos_id)
-    return cfg, bf16, batch_tokens
-
-
-def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device: torch.device,
-                   steps: int, compile_: bool = False, setup: tuple | None = None) -> dict:
-    cfg, bf16, batch_tokens = setup or train_setup(params, tok, src, tgt, device)
-    special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
-    ours = make_batches(src, tgt, batch_tokens, seed=params.seed, **special)
+def bench_training(params: Params, run: training.TrainingSetup, steps: int,
+                   compile_: bool = False) -> dict:
+    """This project's train step against the plain one, on `run`'s batches (the train
+    stage's, in a fixed shuffled order) and pairs."""
+    special, device = run.tok.special, run.device
+    ours = list(run.train_batches)
     random.Random(0).shuffle(ours)
     warmup = 3
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if devices.use_bf16(params.train.amp, device) else torch.float32
     peak_before = matmul_peak(device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(params, cfg, ours, ours[:1], Path(tmp) / "state", "bench",
+        trainer = Trainer(params, run.cfg, ours, ours[:1], Path(tmp) / "state", "bench",
                           device=device)
         per_step = time_steps(lambda b: trainer.train_step([b]), ours, steps, warmup, device)
     timed = ours[warmup:warmup + steps]
     tokens = sum(b.n_tgt_tokens for b in timed)
-    src_lens = [int(n) for b in timed for n in (b.src != tok.pad_id).sum(1)]
-    tgt_lens = [int(n) for b in timed for n in (b.tgt_out != tok.pad_id).sum(1)]
-    flops = model_flops(cfg, src_lens, tgt_lens) / (per_step * steps)
+    src_lens = [int(n) for b in timed for n in (b.src != special.pad).sum(1)]
+    tgt_lens = [int(n) for b in timed for n in (b.tgt_out != special.pad).sum(1)]
+    flops = model_flops(run.cfg, src_lens, tgt_lens) / (per_step * steps)
     peak = max(peak_before, matmul_peak(device, dtype))  # before and after the steps
+    ours_tps = tokens / (per_step * steps)
+    plain = bench_plain(params, run, steps, tokens, warmup)
+    # Compiled, when asked: warm-up over 10 batch shapes (dynamic shapes compile once or
+    # twice), timed on batches after them.
+    compiled = (bench_compiled(params, run.cfg, ours, steps, 10, device, ours_tps)
+                if compile_ else {})
+    return {
+        "parameters": count_parameters(trainer.model),
+        "bf16": trainer.bf16,
+        "tokens_per_s": round(ours_tps, 1),
+        "padding": round(padding_fraction(timed, special.pad), 4),
+        "model_tflops": round(flops / 1e12, 4),
+        "matmul_peak_tflops": round(peak / 1e12, 4),
+        "matmul_peak_dtype": str(dtype).replace("torch.", ""),
+        "mfu": round(flops / peak, 4),
+        **plain,
+        "speedup": round(ours_tps / plain["plain_tokens_per_s"], 2),
+        "steps_timed": steps,
+        "peak_memory_mb": round(devices.peak_memory_mb(device), 1),
+        **compiled,
+    }
 
-    # The plain baseline: fixed 128-sentence batches in corpus order, fp32, no buckets.
+
+def bench_plain(params: Params, run: training.TrainingSetup, steps: int, tokens: int,
+                warmup: int) -> dict:
+    """The plain baseline: fixed 128-sentence batches in corpus order, fp32, no buckets,
+    timed over as many target tokens as `steps` of ours trained (`tokens`)."""
+    src, tgt = run.train_pairs
+    device = run.device
     order = list(range(len(src)))
     random.Random(0).shuffle(order)
-    plain_batches = [collate([(src[i], tgt[i]) for i in order[k:k + 128]], **special)
-                     for k in range(0, len(order), 128)]
+    batches = [collate([(src[i], tgt[i]) for i in order[k:k + 128]], run.tok.special)
+               for k in range(0, len(order), 128)]
     torch.manual_seed(params.seed)
-    plain = PlainTransformer(cfg).to(device).train()
+    plain = PlainTransformer(run.cfg).to(device).train()
     opt = torch.optim.Adam(plain.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=tok.pad_id, label_smoothing=0.1)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=run.tok.special.pad, label_smoothing=0.1)
 
     def plain_step(b):
         b = b.to(device)
@@ -209,48 +222,26 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
         loss.backward()
         opt.step()
 
-    n_plain = max(3, round(steps * tokens / sum(b.n_tgt_tokens for b in plain_batches[:steps])))
-    plain_per_step = time_steps(plain_step, plain_batches, n_plain, warmup, device)
-    plain_timed = plain_batches[warmup:warmup + n_plain]
-    plain_tokens = sum(b.n_tgt_tokens for b in plain_timed)
-    ours_tps = tokens / (per_step * steps)
-    plain_tps = plain_tokens / (plain_per_step * n_plain)
-    # Compiled, when asked: warm-up over 10 batch shapes (dynamic shapes compile once or
-    # twice), timed on batches after them.
-    compiled = bench_compiled(params, cfg, ours, steps, 10, device, ours_tps) if compile_ else {}
-    return {
-        "parameters": count_parameters(trainer.model),
-        "plain_parameters": count_parameters(plain),
-        "bf16": trainer.bf16,
-        "tokens_per_s": round(ours_tps, 1),
-        "padding": round(padding_fraction(timed, tok.pad_id), 4),
-        "model_tflops": round(flops / 1e12, 4),
-        "matmul_peak_tflops": round(peak / 1e12, 4),
-        "matmul_peak_dtype": str(dtype).replace("torch.", ""),
-        "mfu": round(flops / peak, 4),
-        "plain_tokens_per_s": round(plain_tps, 1),
-        "plain_padding": round(padding_fraction(plain_timed, tok.pad_id), 4),
-        "speedup": round(ours_tps / plain_tps, 2),
-        "steps_timed": steps,
-        "peak_memory_mb": round(devices.peak_memory_mb(device), 1),
-        **compiled,
-    }
+    n_plain = max(3, round(steps * tokens / sum(b.n_tgt_tokens for b in batches[:steps])))
+    per_step = time_steps(plain_step, batches, n_plain, warmup, device)
+    timed = batches[warmup:warmup + n_plain]
+    tokens_per_s = sum(b.n_tgt_tokens for b in timed) / (per_step * n_plain)
+    return {"plain_parameters": count_parameters(plain),
+            "plain_tokens_per_s": round(tokens_per_s, 1),
+            "plain_padding": round(padding_fraction(timed, run.tok.special.pad), 4)}
 
 
-def bench_sustained(params: Params, tok: Tokenizers, src: list, tgt: list,
-                    device: torch.device, steps: int, window: int = 100,
-                    setup: tuple | None = None) -> dict:
-    """Training speed over a long run: `steps` train steps on the real batches of all the
-    given pairs, in the trainer's shuffled epoch orders, one process from a fresh model.
+def bench_sustained(params: Params, cfg: ModelConfig, batches: list[Batch], device: torch.device,
+                    steps: int, window: int = 100) -> dict:
+    """Training speed over a long run: `steps` train steps on `batches` (the train stage's,
+    of all the given pairs), in the trainer's shuffled epoch orders, one process from a
+    fresh model.
     Tokens/s of the first `window` steps against the last `window`, and the process's RSS
     after each. The last window replays the first window's batches in the same order, so
     the two differ only in what the steps between did to the process (kernel caches,
     memory), not in their sentence lengths."""
     import psutil
 
-    cfg, _, batch_tokens = setup or train_setup(params, tok, src, tgt, device)
-    batches = make_batches(src, tgt, batch_tokens, seed=params.seed, pad=tok.pad_id,
-                           bos=tok.bos_id, eos=tok.eos_id)
     steps = max(steps, 2 * window)
     order = [i for epoch in range(1, steps // len(batches) + 2)
              for i in epoch_order(len(batches), params.seed, epoch)][:steps - window]
@@ -282,16 +273,15 @@ def bench_sustained(params: Params, tok: Tokenizers, src: list, tgt: list,
             "windows": windows}
 
 
-def decode_rate(model, tok: Tokenizers, src: list, cfg: Translate, cache: bool,
+def decode_rate(model, special: SpecialIds, src: list, cfg: Translate, cache: bool,
                 device) -> tuple[float, list]:
     start = time.perf_counter()
-    out = translate_all(model, src, cfg, bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id,
-                        device=device, use_cache=cache)
+    out = translate_all(model, src, cfg, special=special, device=device, use_cache=cache)
     sync(device)
     return len(src) / (time.perf_counter() - start), out
 
 
-def bench_decoding(model, tok: Tokenizers, src: list, translate: Translate, device,
+def bench_decoding(model, special: SpecialIds, src: list, translate: Translate, device,
                    uncached_sentences: int, repeats: int = 2) -> dict:
     """Greedy and beam 5 with the other `translate` params as configured. Cached and
     uncached decoding of the subset alternate `repeats` times; each keeps its best
@@ -301,12 +291,12 @@ def bench_decoding(model, tok: Tokenizers, src: list, translate: Translate, devi
     for beam in (1, 5):
         name = "greedy" if beam == 1 else f"beam{beam}"
         cfg = dataclasses.replace(translate, beam_size=beam)
-        full_rate, _ = decode_rate(model, tok, src, cfg, True, device)
+        full_rate, _ = decode_rate(model, special, src, cfg, True, device)
         cached_rate = plain_rate = 0.0
         for _ in range(repeats):
-            rate, cached = decode_rate(model, tok, subset, cfg, True, device)
+            rate, cached = decode_rate(model, special, subset, cfg, True, device)
             cached_rate = max(cached_rate, rate)
-            rate, plain = decode_rate(model, tok, subset, cfg, False, device)
+            rate, plain = decode_rate(model, special, subset, cfg, False, device)
             plain_rate = max(plain_rate, rate)
         result[name] = {
             "sentences_per_s": round(full_rate, 2),
@@ -380,51 +370,51 @@ def main() -> None:
     args = ap.parse_args()
     start = time.perf_counter()
     params = load()
-    devices.set_threads(params.train.num_threads)
-    device = devices.pick(params.train.device)
     if not (paths.PREPARED / "train.src").exists():
         raise UserError(f"{paths.PREPARED}: not there yet; run `dvc repro prepare` first")
-    tok = Tokenizers.load(paths.PREPARED)
-    src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "train.src"))
-    tgt = tok.encode_tgt(fsio.read_utf8_lines(paths.PREPARED / "train.tgt"))
+    # As the train stage sets up, on all the prepared training pairs.
+    run = training.setup(params, (paths.PREPARED / "train.src", paths.PREPARED / "train.tgt"))
+    device = run.device
     log.info("training benchmark: %d steps per variant on %s", args.steps,
              devices.describe(device))
     compile_ = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    setup = train_setup(params, tok, src, tgt, device)
-    training = bench_training(params, tok, src, tgt, device, args.steps, compile_, setup)
-    sustained = None
+    result = {"device": devices.describe(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
+              "training": bench_training(params, run, args.steps, compile_)}
     if args.sustained_steps:
         log.info("sustained training: %d steps on all training pairs", args.sustained_steps)
-        sustained = bench_sustained(params, tok, src, tgt, device, args.sustained_steps,
-                                    setup=setup)
+        result["sustained"] = bench_sustained(params, run.cfg, run.train_batches, device,
+                                              args.sustained_steps)
+    result.update(bench_model_decoding(params, run, args.uncached_sentences))
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    fsio.write_json(OUT, result)
+    print_table(result)
 
+
+def bench_model_decoding(params: Params, run: training.TrainingSetup,
+                         uncached_sentences: int) -> dict:
+    """Decoding rows of the trained model (an untrained one where there is none yet), and
+    its CTranslate2 exports beside ours."""
+    device, tok = run.device, run.tok
     model_path = paths.MODEL / "averaged.pt"
     if model_path.exists():
         model, _ = checkpoints.load_model(model_path, device)
         decode_model = f"{model_path} (trained)"
     else:
-        cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
-                                      tok.shared, tok.pad_id)
-        model = Seq2SeqTransformer(cfg).to(device).eval()
+        model = Seq2SeqTransformer(run.cfg).to(device).eval()
         decode_model = "untrained (no data/model/averaged.pt): outputs run to the length limit"
     test_src = tok.encode_src(fsio.read_utf8_lines(paths.PREPARED / "test.src"))
     log.info("decoding benchmark on %d test sentences", len(test_src))
-    decoding = bench_decoding(model, tok, test_src, params.translate, device,
-                              args.uncached_sentences)
-    result = {"device": devices.describe(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "training": training,
-              **({"sustained": sustained} if sustained else {}), "decoding": decoding,
+    result = {"decoding": bench_decoding(model, tok.special, test_src, params.translate, device,
+                                         uncached_sentences),
               "decode_model": decode_model}
-    if model_path.exists():  # CTranslate2 exports of the trained model, beside ours
+    if model_path.exists():
         log.info("beam 5: this project's search against CTranslate2 float32 and int8")
         refs_path = paths.PREPARED / "test.tgt"  # absent when the test references are hidden
         refs = fsio.read_utf8_lines(refs_path) if refs_path.exists() else None
         result["beam5_ct2"] = ct2.bench(model, model_path, tok, test_src, refs,
                                         params.translate, device)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    fsio.write_json(OUT, result)
-    print_table(result)
-
+    return result
 
 if __name__ == "__main__":
     main()

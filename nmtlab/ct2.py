@@ -164,8 +164,8 @@ def bench(model, model_path: Path, tok: Tokenizers, src: list[list[int]],
     settings = dict(beam_size=5, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
                     max_len_b=cfg.max_len_b, batch_sentences=cfg.batch_sentences)
     kept = [ids for ids in src if ids]
-    runners = {"pytorch": lambda: translate_all(model, kept, cfg, bos=tok.bos_id,
-                                                 eos=tok.eos_id, pad=tok.pad_id, device=device)}
+    runners = {"pytorch": lambda: translate_all(model, kept, cfg, special=tok.special,
+                                                 device=device)}
     ct2_device = "cuda" if torch.device(device).type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         for q in QUANTIZATIONS:

@@ -10,7 +10,7 @@ gives an empty line). The model, the tokenizer and the `translate` params
 (data/model/averaged.pt, data/prepared, params.yaml), or with --exp NAME those
 of that experiment (or any git revision), read through dvc.api without
 switching the workspace. Lines are normalised and decoded as the translate
-stage does (nmt.corpus.normalise, nmt.search.translate_all), so translating
+stage does (nmt.corpus.normalise, nmt.translation.translate_lines), so translating
 data/prepared/test.src gives data/translations/test.hyp byte for byte.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def translate_with_model(root: Path, params: Params, lines: list[str], device_na
                          model_path: Path | None, progress: bool) -> list[str]:
     # Imported here: they import torch, which the --ct2 path does without.
     from nmt import checkpoints, device as devices, ensemble
-    from nmt.search import translate_all
+    from nmt.translation import translate_lines
 
     if not (model_path or root / MODEL).is_file():
         raise UserError(f"{model_path or MODEL}: no trained model; run the pipeline "
@@ -107,10 +107,8 @@ def translate_with_model(root: Path, params: Params, lines: list[str], device_na
                                                                 tok.tgt_vocab_size):
         raise UserError(f"{model_path}: made for other vocabularies than those in "
                         f"{root / paths.PREPARED}")
-    ids = translate_all(model, tok.encode_src(lines), params.translate, bos=tok.bos_id,
-                        eos=tok.eos_id, pad=tok.pad_id, device=device,
-                        desc="translate" if progress else None)
-    return tok.decode_tgt(ids)
+    return translate_lines(model, tok, lines, params.translate, device,
+                           desc="translate" if progress else None)
 
 
 def translate_with_ct2(folder: Path, params: Params, lines: list[str], device_name: str

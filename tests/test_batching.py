@@ -2,6 +2,7 @@
 import random
 
 from nmt.batching import collate, epoch_order, group_by_tokens, make_batches, padding_fraction
+from nmt.tokenizer import SpecialIds
 
 
 def lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -28,7 +29,7 @@ def test_padding_under_ten_percent():
     src, tgt = lengths(3000)
     src_ids = [[7] * (n - 1) for n in src]
     tgt_ids = [[7] * (n - 1) for n in tgt]
-    batches = make_batches(src_ids, tgt_ids, 2048, pad=0, bos=2, eos=3)
+    batches = make_batches(src_ids, tgt_ids, 2048, SpecialIds())
     assert padding_fraction(batches, pad=0) < 0.10
 
 
@@ -39,7 +40,7 @@ def test_epoch_order_is_seeded_and_changes_between_epochs():
 
 
 def test_collate_shifts_targets():
-    b = collate([([5, 6], [7, 8, 9]), ([5], [7])], pad=0, bos=2, eos=3)
+    b = collate([([5, 6], [7, 8, 9]), ([5], [7])], SpecialIds(pad=0, bos=2, eos=3))
     assert b.src.tolist() == [[5, 6, 3], [5, 3, 0]]
     assert b.tgt_in.tolist() == [[2, 7, 8, 9], [2, 7, 0, 0]]
     assert b.tgt_out.tolist() == [[7, 8, 9, 3], [7, 3, 0, 0]]

@@ -2,12 +2,10 @@
 import torch
 
 from nmtlab.bench import PlainTransformer, bench_decoding, model_flops
+from nmt.batching import make_batches
 from nmt.model import ModelConfig, build
 from nmt.params import Translate
-
-
-class FakeTok:
-    pad_id, bos_id, eos_id = 0, 2, 3
+from nmt.tokenizer import SpecialIds
 
 
 def tiny() -> ModelConfig:
@@ -38,7 +36,7 @@ def test_cached_and_uncached_decoding_agree():
     torch.manual_seed(0)
     model = build(tiny()).eval()
     src = [[5 + i % 20, 6, 7 + i % 5] for i in range(12)]
-    result = bench_decoding(model, FakeTok(), src, Translate(), torch.device("cpu"),
+    result = bench_decoding(model, SpecialIds(), src, Translate(), torch.device("cpu"),
                             uncached_sentences=6)
     for name in ("greedy", "beam5"):
         assert result[name]["same_output"] is True
@@ -52,16 +50,14 @@ def test_sustained_row_replays_the_first_window_at_the_end():
     from nmt import params as P
     from nmtlab.bench import bench_sustained
 
-    class Tok(FakeTok):
-        src_vocab_size = tgt_vocab_size = 30
-        shared = True
-
     p = P.from_dict({"model": {"d_model": 16, "nhead": 2, "dim_feedforward": 32,
                                "num_encoder_layers": 1, "num_decoder_layers": 1},
                      "train": {"amp": "fp32", "batch_tokens": 64}})
     src = [[5 + (i * 7 + k) % 20 for k in range(2 + i % 6)] for i in range(60)]
     tgt = [list(reversed(s)) for s in src]
-    r = bench_sustained(p, Tok(), src, tgt, torch.device("cpu"), steps=25, window=5)
+    batches = make_batches(src, tgt, 64, SpecialIds(), seed=p.seed)
+    cfg = ModelConfig.from_params(p.model, 30, 30, True, 0)
+    r = bench_sustained(p, cfg, batches, torch.device("cpu"), steps=25, window=5)
     assert r["steps"] == 25 and len(r["windows"]) == 5
     assert [w["steps"] for w in r["windows"]] == ["1-5", "6-10", "11-15", "16-20", "21-25"]
     assert r["batch_shapes"] <= r["batches"] and r["batches"] >= 10

@@ -12,7 +12,7 @@ import nmt.search as search
 from nmt import checkpoints, paths
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.params import Tokenizer, Translate
-from nmt.tokenizer import train_tokenizers
+from nmt.tokenizer import SpecialIds, train_tokenizers
 from nmtlab import ct2, serving
 from tests.test_search import BOS, EOS, VOCAB, pad, sentences, small_model, train
 
@@ -43,8 +43,8 @@ def decode(translator, model, src, beam_size: int, alpha: float = 0.6, b: int = 
 
 def reference(model, src, beam_size: int, alpha: float = 0.6, b: int = 5):
     return search.translate_ids(model, src, beam_size=beam_size, length_penalty=alpha,
-                                max_len_a=1.5, max_len_b=b, bos=BOS, eos=EOS, pad=0,
-                                device="cpu")
+                                max_len_a=1.5, max_len_b=b,
+                                special=SpecialIds(pad=0, bos=BOS, eos=EOS), device="cpu")
 
 
 @pytest.fixture(scope="module")

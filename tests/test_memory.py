@@ -9,6 +9,7 @@ from nmt import memory
 from nmt.errors import UserError
 from nmt.model import ModelConfig
 from nmt.params import from_dict
+from nmt.tokenizer import SpecialIds
 
 MB = 2**20
 
@@ -74,7 +75,7 @@ def test_real_probe_on_the_cpu_measures_the_step(monkeypatch):
     tgt = [[5 + (i * j) % 40 for j in range(6 + i % 25)] for i in range(80)]
     cfg = ModelConfig.from_params(params.model, 64, 64, True, 0)
     device = torch.device("cpu")
-    special = dict(pad=0, bos=1, eos=2)
+    special = SpecialIds(pad=0, bos=1, eos=2)
     needs = {}
     real_search = memory.search
 
@@ -86,7 +87,7 @@ def test_real_probe_on_the_cpu_measures_the_step(monkeypatch):
     monkeypatch.setattr(memory, "search", recording_search)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 10**12)
     cap = sum(len(s) + len(t) + 2 for s, t in zip(src, tgt))
-    assert memory.choose_batch_tokens(params, cfg, device, False, src, tgt, **special) == cap
+    assert memory.choose_batch_tokens(params, cfg, device, False, src, tgt, special) == cap
     assert all(v is not None and v > 0 for v in needs.values())
 
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import torch.nn.functional as F
 
-from nmt.model import ModelConfig, build, count_parameters, cpu_dropout, explicit_attention
+from nmt.loss import smoothed_cross_entropy
+from nmt.model import ModelConfig, build, count_parameters
 
 
 def tiny(**kw) -> ModelConfig:
@@ -49,6 +49,45 @@ def test_decoder_is_causal():
     torch.testing.assert_close(model(src, tgt)[:, :4], model(src, changed)[:, :4])
 
 
+@pytest.mark.parametrize("kernels", ["fast", "stock"])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("tie", [True, False])
+def test_forward_with_targets_is_the_loss_of_its_logits(kernels, epsilon, tie):
+    """One forward for training and decoding: given tgt_out it returns the label-smoothed
+    loss and NLL sums of the very logits it returns without, padding skipped, and the
+    loss's gradient reaches every weight, the untied output projection included."""
+    torch.manual_seed(0)
+    model = build(tiny(kernels=kernels, tie_embeddings=tie)).train()
+    src = torch.randint(4, 40, (3, 7))
+    tgt_in, tgt_out = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 6))
+    tgt_out[0, 3:] = 0  # padding
+    with torch.no_grad():
+        ref_loss, ref_nll = smoothed_cross_entropy(model(src, tgt_in), tgt_out, epsilon, 0)
+    loss, nll = model(src, tgt_in, tgt_out, label_smoothing=epsilon)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None and not n.endswith("positions.weight")]
+    assert not missing
+
+
+def test_forward_loss_head_runs_in_the_autocast_dtype(monkeypatch):
+    """Under bf16 autocast the loss head's matmul is bf16 (the states stay fp32, from
+    the final norm); outside autocast it is the states' dtype."""
+    model = build(tiny())
+    seen = []
+    head = model.kernels.loss_head
+    monkeypatch.setattr(model, "kernels", type(model.kernels)(
+        model.kernels.dropout, model.kernels.attention,
+        lambda *a, dtype, **kw: seen.append((a[0].dtype, dtype)) or head(*a, dtype=dtype, **kw)))
+    src, tgt = torch.randint(4, 40, (2, 5)), torch.randint(4, 40, (2, 4))
+    model(src, tgt, tgt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(src, tgt, tgt)
+    assert seen == [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)]
+
+
 def test_tied_embeddings_share_one_table():
     tied = build(tiny(tie_embeddings=True, share_vocab=True))
     untied = build(tiny(tie_embeddings=False, share_vocab=True))
@@ -65,60 +104,6 @@ def test_sinusoidal_positions_extend_past_table():
     model = build(tiny(max_positions=8)).eval()
     src = torch.randint(4, 40, (1, 20))
     assert model(src, src).shape == (1, 20, 40)
-
-
-@pytest.mark.parametrize("p", [0.1, 0.3])
-def test_cpu_dropout_drops_p_and_rescales_the_rest(p):
-    torch.manual_seed(0)
-    x = torch.ones(400, 500, requires_grad=True)
-    y = cpu_dropout(x, p)
-    dropped = (y == 0).float().mean().item()
-    assert dropped == pytest.approx(p, abs=0.005)
-    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
-    y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # the gradient passes exactly where y kept x
-
-
-def test_cpu_dropout_scales_bf16_by_the_exact_factor():
-    """Kept bf16 values are scaled by 1 / (1 - p) on average, forward and backward: each
-    product is rounded once (was: the scale itself rounded to bf16, 1.109375 for p 0.1)."""
-    torch.manual_seed(0)
-    p = 0.1
-    x = (torch.rand(200_000) + 1).bfloat16().requires_grad_()
-    y = cpu_dropout(x, p)
-    upstream = (torch.rand(200_000) + 1).bfloat16()
-    y.backward(upstream)
-    kept = y.detach() != 0
-    forward_scale = (y.detach()[kept].float() / x.detach()[kept].float()).mean().item()
-    backward_scale = (x.grad[kept].float() / upstream[kept].float()).mean().item()
-    assert forward_scale == pytest.approx(1 / (1 - p), abs=1e-4)
-    assert backward_scale == pytest.approx(1 / (1 - p), abs=1e-4)
-
-
-def test_cpu_dropout_follows_the_torch_seed():
-    x = torch.ones(1000)
-    torch.manual_seed(5)
-    a = cpu_dropout(x, 0.2)
-    torch.manual_seed(5)
-    assert torch.equal(a, cpu_dropout(x, 0.2))
-    assert not torch.equal(a, cpu_dropout(x, 0.2))
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_explicit_attention_equals_sdpa_with_gradients(causal):
-    torch.manual_seed(3)
-    q, k, v = (torch.randn(3, 2, 6, 8, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
-    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
-    mask[1, ..., 4:] = False
-    y = explicit_attention(q, k, v, mask, causal, 0.0)
-    grads = torch.autograd.grad(y.square().sum(), (q, k, v))
-    full = mask & torch.ones(6, 6, dtype=torch.bool).tril() if causal else mask
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full)
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    assert torch.allclose(y, ref, atol=1e-10)
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_grouped_cache_equals_memory_repeated_per_beam():

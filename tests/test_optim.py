@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from nmt.optim import build_optimizer, parameter_groups, phase_for_epoch
+from nmt.optim import build_optimizer, parameter_groups
 from nmt.params import Optim
 
 
@@ -24,14 +24,6 @@ class Tiny(nn.Module):
 def names(model, params):
     by_id = {id(p): n for n, p in model.named_parameters()}
     return sorted(by_id[id(p)] for p in params)
-
-
-@pytest.mark.parametrize("start, epoch, phase", [
-    (0, 1, "main"), (0, 100, "main"), (3, 1, "main"), (3, 2, "main"), (3, 3, "sgd"),
-    (3, 9, "sgd"), (1, 1, "sgd"),
-])
-def test_phase_for_epoch(start, epoch, phase):
-    assert phase_for_epoch(Optim(sgd_from_epoch=start), epoch) == phase
 
 
 def test_weight_decay_only_on_matrices_and_tied_weight_once():

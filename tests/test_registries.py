@@ -1,5 +1,9 @@
-"""One registry per enumerated option: the params schema accepts exactly its keys, the code
-builds from its entries, and an unknown name is one error line, never a silent default."""
+"""One registry per enumerated option: the params schema accepts exactly the names the
+code implements, the code builds from its entries, and an unknown name is one error line,
+never a silent default.
+
+The schema reads the names from nmt/settings.py, without torch; each torch registry is
+built against those names (settings.registry), so the two cannot differ."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,43 +11,52 @@ import dataclasses
 import pytest
 import torch
 
-from nmt import model as M, optim, params as P, schedules
+from nmt import kernels as K, model as M, optim, params as P, schedules, settings
 from nmt.errors import UserError
 
-# (params key, the registry, a group's field) for every registry-backed option
+# (params key, the names' attribute in nmt.settings, the torch registry, a group's field)
 OPTIONS = [
-    ("model.activation", M.ACTIVATIONS, ("model", "activation")),
-    ("model.positional", M.POSITIONAL_ENCODINGS, ("model", "positional")),
-    ("model.kernels", M.KERNELS, ("model", "kernels")),
-    ("optim.name", optim.OPTIMIZERS, ("optim", "name")),
-    ("schedule.name", schedules.SCHEDULES, ("schedule", "name")),
+    ("model.activation", "ACTIVATIONS", M.ACTIVATIONS, ("model", "activation")),
+    ("model.positional", "POSITIONAL_ENCODINGS", M.POSITIONAL_ENCODINGS, ("model", "positional")),
+    ("model.kernels", "KERNELS", K.KERNELS, ("model", "kernels")),
+    ("optim.name", "OPTIMIZERS", optim.OPTIMIZERS, ("optim", "name")),
+    ("schedule.name", "SCHEDULES", schedules.SCHEDULES, ("schedule", "name")),
 ]
+IDS = [o[0] for o in OPTIONS]
 
 
 def params_with(group: str, field: str, value: str) -> dict:
     return {group: {field: value}}
 
 
-@pytest.mark.parametrize("key, registry, where", OPTIONS, ids=[o[0] for o in OPTIONS])
-def test_schema_accepts_exactly_the_registry(key, registry, where):
+@pytest.mark.parametrize("key, names, registry, where", OPTIONS, ids=IDS)
+def test_each_registry_implements_exactly_its_names_in_their_order(key, names, registry, where):
+    assert list(registry) == list(getattr(settings, names))
+
+
+@pytest.mark.parametrize("key, names, registry, where", OPTIONS, ids=IDS)
+def test_schema_accepts_exactly_the_registry(key, names, registry, where, monkeypatch):
     group, field = where
     for name in registry:
         P.from_dict(params_with(group, field, name)).validate()
     with pytest.raises(UserError) as e:
         P.from_dict(params_with(group, field, "nope")).validate()
     assert str(e.value) == f"{key}: unknown value 'nope'; choose one of {', '.join(registry)}"
-    # A name added to the registry is accepted at once; one taken out is refused at once.
-    saved = dict(registry)
-    try:
-        registry["nope"] = next(iter(saved.values()))
-        P.from_dict(params_with(group, field, "nope")).validate()
-        first = next(iter(saved))
-        del registry[first]
-        with pytest.raises(UserError, match=f"^{key}: unknown value '{first}'"):
-            P.from_dict(params_with(group, field, first)).validate()
-    finally:  # the registry as it was, in its order (error lines list it)
-        registry.clear()
-        registry.update(saved)
+    # A name added is accepted at once; one taken out is refused at once.
+    saved = getattr(settings, names)
+    monkeypatch.setattr(settings, names, (*saved, "nope"))
+    P.from_dict(params_with(group, field, "nope")).validate()
+    monkeypatch.setattr(settings, names, saved[1:])
+    with pytest.raises(UserError, match=f"^{key}: unknown value '{saved[0]}'"):
+        P.from_dict(params_with(group, field, saved[0])).validate()
+
+
+def test_a_registry_refuses_a_name_without_an_implementation_and_the_reverse():
+    with pytest.raises(RuntimeError, match="^model.activation: the registry implements"):
+        settings.registry("model.activation", ("relu", "gelu"), {"relu": 1})
+    with pytest.raises(RuntimeError, match="^model.activation: the registry implements"):
+        settings.registry("model.activation", ("relu",), {"relu": 1, "tanh": 2})
+    assert list(settings.registry("k", ("b", "a"), {"a": 1, "b": 2})) == ["b", "a"]
 
 
 def tiny(**kw) -> M.ModelConfig:
@@ -93,9 +106,9 @@ def test_optimizer_refuses_an_unknown_name():
 
 def test_model_settings_are_declared_once():
     """The params group, the model's config and a checkpoint's config share one field list."""
-    settings = {f.name for f in dataclasses.fields(M.ModelSettings)}
-    assert {f.name for f in dataclasses.fields(P.Model)} == settings
-    assert {f.name for f in dataclasses.fields(M.ModelConfig)} == settings | {
+    fields = {f.name for f in dataclasses.fields(settings.ModelSettings)}
+    assert {f.name for f in dataclasses.fields(P.Model)} == fields
+    assert {f.name for f in dataclasses.fields(M.ModelConfig)} == fields | {
         "src_vocab_size", "tgt_vocab_size", "pad_id", "share_vocab"}
     cfg = M.ModelConfig.from_params(P.Model(activation="gelu"), 30, 31, False, 1)
     assert (cfg.activation, cfg.src_vocab_size, cfg.tgt_vocab_size, cfg.share_vocab,

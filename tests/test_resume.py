@@ -22,6 +22,7 @@ import nmt.checkpoints as checkpoints
 from nmt import params as P
 from nmt.batching import collate
 from nmt.model import ModelConfig
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
 
 from . import e2e
@@ -236,7 +237,7 @@ def test_kill_inside_save_state_still_resumes(tmp_path, monkeypatch, kill_at):
                      "schedule": {"name": "constant"}, "train": {"epochs": 2, "amp": "fp32"}})
     p.validate()
     cfg = ModelConfig.from_params(p.model, 30, 30, True, 0)
-    data = [collate([([5, 6, 7], [7, 6, 5]), ([8, 9], [9, 8])], 0, 2, 3) for _ in range(4)]
+    data = [collate([([5, 6, 7], [7, 6, 5]), ([8, 9], [9, 8])], SpecialIds()) for _ in range(4)]
     t = Trainer(p, cfg, data, data[:1], tmp_path / "state", "fp")
     t.train_step(data[:1])
     t.save_state()  # step 1: becomes state.prev.pt

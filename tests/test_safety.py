@@ -25,7 +25,7 @@ from nmt.batching import collate
 from nmt.errors import UserError
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.trainlog import read as read_tsv
-from nmt.tokenizer import Tokenizers
+from nmt.tokenizer import SpecialIds, Tokenizers
 from nmt.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,13 +263,14 @@ from pathlib import Path
 from nmt import fsio, params as P
 from nmt.batching import collate
 from nmt.model import ModelConfig
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
 p = P.from_dict({"model": {"d_model": 128, "nhead": 2, "dim_feedforward": 512,
                            "num_encoder_layers": 2, "num_decoder_layers": 2},
                  "schedule": {"name": "constant"}, "train": {"epochs": 1000, "amp": "fp32"}})
 p.validate()
 cfg = ModelConfig.from_params(p.model, 2000, 2000, True, 0)
-data = [collate([([5, 6, 7], [7, 6, 5]), ([8, 9], [9, 8])], 0, 2, 3)]
+data = [collate([([5, 6, 7], [7, 6, 5]), ([8, 9], [9, 8])], SpecialIds())]
 state_dir = Path(sys.argv[1])
 fsio.sweep_leftovers(state_dir)  # as the train stage does when it starts
 t = Trainer(p, cfg, data, data, state_dir, "fp")
@@ -403,7 +404,7 @@ def batches(n: int) -> list:
         for _ in range(6):
             s = [rng.randrange(4, V) for _ in range(rng.randint(2, 8))]
             pairs.append((s, s[::-1]))
-        out.append(collate(pairs, 0, 2, 3))
+        out.append(collate(pairs, SpecialIds()))
     return out
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nmt.errors import UserError
-from nmt.optim import phase_for_epoch
+from nmt.phases import SGD, Phases
 from nmt.params import Optim, Schedule
 from nmt.schedules import LearningRate, check
 
@@ -125,7 +125,7 @@ def test_sgd_phase_is_constant_sgd_lr_from_its_epoch():
     assert lr(299) < PEAK  # epoch 3: still the schedule
     assert all(lr(s) == 0.02 for s in range(300, TOTAL))  # epochs 4..10
     for step in (0, 299, 300, 999):  # agrees with the optimizer's phase switch
-        assert (lr(step) == 0.02) == (phase_for_epoch(optim, step // PER_EPOCH + 1) == "sgd")
+        assert (lr(step) == 0.02) == (Phases.from_params(optim).of_step(step, PER_EPOCH) == SGD)
 
 
 PLATEAU_LOSSES = [5.0, 4.0, 4.1, 4.2, 4.3, 3.9, 3.9, 3.89999, 3.8999, 4.0, float("nan"), 3.0,

@@ -12,11 +12,12 @@ from torch.nn.utils.rnn import pad_sequence
 import nmt.search as search
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.params import Translate
+from nmt.tokenizer import SpecialIds
 
 PAD, BOS, EOS = 0, 2, 3
 FIRST_WORD = 4  # ids below are special
 VOCAB = 24
-SPECIAL = dict(bos=BOS, eos=EOS, pad=PAD, device="cpu")
+SPECIAL = dict(special=SpecialIds(pad=PAD, bos=BOS, eos=EOS), device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,11 +99,12 @@ def test_cache_gives_the_same_output_as_recomputing(model, beam_size, alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_of_one_is_greedy(model, alpha):
+    special = SPECIAL["special"]
     src, max_lens = search.batch_sources(model, sentences(), max_len_a=1.5, max_len_b=5,
-                                         eos=EOS, pad=PAD, device="cpu")
-    greedy = search.greedy(model, src, max_lens, bos=BOS, eos=EOS)
+                                         special=special, device="cpu")
+    greedy = search.greedy(model, src, max_lens, special=special)
     assert search.beam_search(model, src, max_lens, beam_size=1, length_penalty=alpha,
-                              bos=BOS, eos=EOS) == greedy
+                              special=special) == greedy
 
 
 def test_beam_finds_hypotheses_at_least_as_likely_as_greedy(model):
@@ -174,7 +176,6 @@ def test_a_model_trained_to_reverse_is_reproduced_by_greedy_and_beam():
 def test_translate_all_draws_no_progress_bar_into_a_log(model, capsys):
     """Piped stderr (a log file, a queued run's log) gets no bar frames; the stage logs a line."""
     cfg = Translate(beam_size=2, batch_sentences=4)
-    hyps = search.translate_all(model, sentences()[:10], cfg, bos=BOS, eos=EOS, pad=PAD,
-                                device="cpu", desc="val")
+    hyps = search.translate_all(model, sentences()[:10], cfg, **SPECIAL, desc="val")
     assert len(hyps) == 10
     assert capsys.readouterr().err == ""

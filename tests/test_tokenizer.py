@@ -7,7 +7,7 @@ import pytest
 
 from nmt.errors import UserError
 from nmt.params import Tokenizer
-from nmt.tokenizer import Tokenizers, train_tokenizers
+from nmt.tokenizer import SpecialIds, Tokenizers, train_tokenizers
 
 
 @pytest.fixture
@@ -52,13 +52,14 @@ def test_load_matches_training(de_en, tmp_path):
 def test_ids_and_round_trip(de_en, tmp_path, model_type, vocab_size):
     de, en = de_en
     toks = train_tokenizers(Tokenizer(vocab_size=vocab_size, model_type=model_type), de, en, tmp_path)
-    assert (toks.pad_id, toks.bos_id, toks.eos_id) == (0, 2, 3)
+    assert toks.special == SpecialIds(pad=0, bos=2, eos=3)
     assert toks.src.unk_id() == 1 and toks.src.pad_id() == 0
     ids = toks.encode_tgt(en[:20])
-    assert all(seq and toks.bos_id not in seq and toks.eos_id not in seq for seq in ids)
+    assert all(seq and toks.special.bos not in seq and toks.special.eos not in seq for seq in ids)
     assert toks.decode_tgt(ids) == en[:20]
     assert toks.decode_tgt(toks.encode_src(de[:20])) == de[:20]  # shared: src pieces decode too
-    assert toks.decode_tgt([[toks.bos_id, *ids[0], toks.eos_id, toks.pad_id]]) == en[:1]
+    special = toks.special
+    assert toks.decode_tgt([[special.bos, *ids[0], special.eos, special.pad]]) == en[:1]
     assert toks.encode_src([]) == [] and toks.decode_tgt([]) == []
 
 

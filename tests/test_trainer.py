@@ -13,6 +13,7 @@ from nmt import params as P
 from nmt.batching import collate
 from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.resume import fingerprint, stage_code_files
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,8 @@ def trainer(p: P.Params, batches, tmp_path, name="state") -> Trainer:
 def test_accumulating_k_batches_equals_one_big_batch(tmp_path, optim):
     """k steps of batch b give the same update as one step of batch k*b."""
     data = pairs(24)
-    chunks = [collate(data[i:i + 6], 0, 2, 3) for i in range(0, 24, 6)]
-    big = collate(data, 0, 2, 3)
+    chunks = [collate(data[i:i + 6], SpecialIds()) for i in range(0, 24, 6)]
+    big = collate(data, SpecialIds())
     p_acc = make_params(train={"accum_steps": 4}, optim={"name": optim, "lr": 0.05})
     p_big = make_params(optim={"name": optim, "lr": 0.05})
     acc, one = trainer(p_acc, chunks, tmp_path, "a"), trainer(p_big, [big], tmp_path, "b")
@@ -70,7 +71,7 @@ def test_accumulating_k_batches_equals_one_big_batch(tmp_path, optim):
 def test_accumulation_differs_from_separate_steps(tmp_path):
     """Guard for the test above: without accumulation the update really differs."""
     data = pairs(24)
-    chunks = [collate(data[i:i + 6], 0, 2, 3) for i in range(0, 24, 6)]
+    chunks = [collate(data[i:i + 6], SpecialIds()) for i in range(0, 24, 6)]
     p = make_params(optim={"name": "sgd", "lr": 0.05})
     a, b = trainer(p, chunks, tmp_path, "a"), trainer(p, chunks, tmp_path, "b")
     a.train_step(chunks)
@@ -82,7 +83,7 @@ def test_accumulation_differs_from_separate_steps(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
-    data = [collate(pairs(8), 0, 2, 3)]
+    data = [collate(pairs(8), SpecialIds())]
     t = trainer(make_params(), data, tmp_path)
     with torch.no_grad():
         next(t.model.parameters()).fill_(float("nan"))
@@ -91,7 +92,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 
 
 def test_budget_stops_cleanly_after_a_step(tmp_path):
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(6)]
     t = trainer(make_params(train={"budget_minutes": 1e-9, "epochs": 3}), data, tmp_path)
     progress = t.run()
     assert progress.stopped_by == "budget"
@@ -106,7 +107,7 @@ def test_validation_bleu_is_logged_each_epoch_with_the_minutes_so_far(tmp_path):
     """train.val_bleu: the callable the stage passes (greedy_bleu) gets the model at each
     epoch end; its score goes into the row beside the elapsed minutes, its time into the
     wall time but not the training tokens/s, and training goes on in train mode."""
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(3)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(3)]
     p = make_params(train={"epochs": 3, "val_bleu": True})
     cfg = ModelConfig.from_params(p.model, V, V, True, 0)
     modes = []
@@ -138,12 +139,12 @@ def test_greedy_bleu_restores_the_mode_and_scores_its_own_output(tmp_path):
     torch.manual_seed(0)
     model = Seq2SeqTransformer(cfg).train()
     src = [s for s, _ in pairs(6)]
-    hyps = translate_all(model.eval(), src, P.Translate(beam_size=1), bos=2, eos=3, pad=0,
+    hyps = translate_all(model.eval(), src, P.Translate(beam_size=1), special=SpecialIds(),
                          device="cpu")
     model.train()
     text = [" ".join(map(str, h)) for h in hyps]
     decode = lambda ids: [" ".join(map(str, h)) for h in ids]  # noqa: E731
-    args = dict(decode=decode, bos=2, eos=3, pad=0, device="cpu")
+    args = dict(decode=decode, special=SpecialIds(), device="cpu")
     assert greedy_bleu(model, src, text, P.Translate(beam_size=4), **args) == 100.0
     assert model.training
     assert greedy_bleu(model.eval(), src, ["x y z"] * 6, P.Translate(), **args) < 100.0
@@ -155,7 +156,7 @@ def test_early_stopping(tmp_path, patience):
     """A learning rate so small that no weight moves (w + 1e-30 * step == w in fp32, no
     dropout): the validation loss never improves after epoch 1, so the run must stop
     `patience` epochs later, not run its 6."""
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(2)]
     p = make_params(train={"epochs": 6, "early_stopping_patience": patience},
                     optim={"lr": 1e-30}, schedule={"name": "constant"})
     progress = trainer(p, data, tmp_path).run()
@@ -191,7 +192,7 @@ def test_stage_code_files_are_the_train_stage_python_deps_in_dvc_yaml():
 
 
 def test_raising_the_budget_continues_a_stopped_run(tmp_path):
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(6)]
     stopped = trainer(make_params(train={"budget_minutes": 1e-9, "epochs": 3}), data, tmp_path)
     assert stopped.run().stopped_by == "budget"
     resumed = trainer(make_params(train={"budget_minutes": 0.0, "epochs": 3}), data, tmp_path)
@@ -207,7 +208,7 @@ COMPARED_ROW = ("epoch", "train_loss", "val_loss", "val_ppl", "lr")  # not timin
 def test_budget_stops_then_continuing_equals_an_unbroken_run(tmp_path, schedule):
     """Stopped by the budget after each of the first 9 steps, across the epoch boundary
     where the SGD phase starts, then continued: the same weights, bit for bit."""
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(6)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(6)]
     groups = dict(model={"dropout": 0.1}, optim={"sgd_from_epoch": 2},
                   schedule={"name": schedule, "warmup_steps": 2, "min_lr": 1e-5})
 
@@ -237,7 +238,7 @@ def test_budget_stops_then_continuing_equals_an_unbroken_run(tmp_path, schedule)
 
 def test_raising_keep_checkpoints_after_a_finished_run_retrains(tmp_path, caplog):
     caplog.set_level(logging.INFO, "nmt.train")
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(2)]
     first = trainer(make_params(train={"epochs": 4, "keep_checkpoints": 2}), data, tmp_path).run()
     assert first.kept_epochs == [3, 4]
 
@@ -253,7 +254,7 @@ def test_raising_keep_checkpoints_after_a_finished_run_retrains(tmp_path, caplog
 
 
 def test_raising_keep_checkpoints_mid_run_retrains_only_for_deleted_wanted_epochs(tmp_path):
-    data = [collate(pairs(8, s), 0, 2, 3) for s in range(2)]
+    data = [collate(pairs(8, s), SpecialIds()) for s in range(2)]
 
     def params(keep, budget_minutes=0.0):
         return make_params(train={"epochs": 6, "keep_checkpoints": keep,

@@ -7,6 +7,7 @@ import sys
 from nmt import params as P, trainlog
 from nmt.batching import collate
 from nmt.model import ModelConfig
+from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
 
 EPOCH = {"epoch": 1, "train_loss": 4.5, "val_loss": 4.25, "val_ppl": 70.1, "lr": 0.001,
@@ -85,7 +86,7 @@ def test_no_progress_bar_frames_off_a_terminal_but_a_line_per_epoch(tmp_path, ca
     caplog.set_level(logging.INFO, "nmt.train")
     assert not sys.stderr.isatty()
     rng = random.Random(0)
-    data = [collate([([rng.randrange(4, 30) for _ in range(5)], [5, 6, 7])] * 4, 0, 2, 3)
+    data = [collate([([rng.randrange(4, 30) for _ in range(5)], [5, 6, 7])] * 4, SpecialIds())
             for _ in range(3)]
     p = P.from_dict({"model": {"d_model": 16, "nhead": 2, "dim_feedforward": 32,
                                "num_encoder_layers": 1, "num_decoder_layers": 1},
