@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,26 @@ def run(args: list[str], repo: Path | str = ".") -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
-def run_json(args: list[str], repo: Path | str = ".") -> Any:
-    """The parsed JSON that `dvc ARGS` prints; UserError naming the command on failure."""
-    proc = run(args, repo)
-    if proc.returncode != 0:
-        raise UserError(f"dvc {' '.join(args)} failed: {last_line(proc.stderr + proc.stdout)}")
-    return json.loads(proc.stdout)
+def run_json(args: list[str], repo: Path | str = ".", attempts: int = 3,
+             pause: float = 10.0) -> Any:
+    """The parsed JSON that a read-only `dvc ARGS` prints. A failure is tried again,
+    `attempts` times in all, `pause` seconds apart (in a sweep's sitting one call failed
+    once, DVC's generic error while another dvc command ran, and ended a wait of hours that
+    the queue's workers would have finished); then UserError naming the command."""
+    for attempt in range(attempts):
+        proc = run(args, repo)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    raise UserError(f"dvc {' '.join(args)} failed {attempts} times: "
+                    f"{last_line(proc.stderr or proc.stdout)}")
 
 
-def exp_show(repo: Path | str = ".") -> list[dict]:
+def exp_show(repo: Path | str = ".", pause: float = 10.0) -> list[dict]:
     """`dvc exp show --json --all-commits`: every commit with experiments, every experiment
     (queued, running, failed or finished, with its executor's state), params and metrics."""
-    return run_json(["exp", "show", "--json", "--all-commits"], repo)
+    return run_json(["exp", "show", "--json", "--all-commits"], repo, pause=pause)
 
 
 def start_workers(jobs: int, repo: Path | str = ".") -> None:

@@ -125,9 +125,10 @@ def test_entries_are_faithful_to_the_report(catalogue):
     assert sgd.optim.sgd_from_epoch == 3 * sgd.train.epochs // 4 + 1  # SGD for the last quarter
     ls_tri, stop = by_name["label-smoothing-triangular"], by_name["label-smoothing-triangular-stop"]
     assert (ls_tri.loss.label_smoothing, ls_tri.schedule.name) == (0.1, "triangular")
-    assert stop.train.early_stopping_patience == 3 and stop.swa.best_by == "val_loss"
-    assert entries["label-smoothing-triangular-stop"].set.items() >= \
-        entries["label-smoothing-triangular"].set.items()  # the same run, stopped
+    assert stop.swa.best_by == "val_loss"  # the best epoch's weights: a stop by hand there
+    # the same training (DVC's run cache restores it), only the weights kept differ
+    assert {k: v for k, v in entries["label-smoothing-triangular-stop"].set.items()
+            if not k.startswith("swa.")} == entries["label-smoothing-triangular"].set
     assert entries["label-smoothing-triangular-stop"].against == "label-smoothing-triangular"
     final = by_name["final-combination"]
     assert final.loss.label_smoothing == 0.1 and final.train.accum_steps == 4

@@ -34,17 +34,18 @@ def forest_plot(path: Path, group: Group, metric: str, dpi: int) -> bool:
         return False
     rows.sort(key=lambda r: r[1].delta, reverse=m.higher_is_better)  # best at the top
     height = 1.8 + 0.42 * len(rows)
-    fig, ax = plt.subplots(figsize=(7.5, height))
+    fig, ax = plt.subplots(figsize=(9, height))
     ax.axvline(0, color="0.4", linewidth=1, linestyle="--", label="no difference")
     for y, (_, c) in enumerate(rows):
         _row(ax, y, c)
     ax.set_yticks(range(len(rows)), [f"{label} (n={c.seeds})" for label, c in rows])
     ax.invert_yaxis()
     better = "right is better" if m.higher_is_better else "left is better"
-    ax.set_xlabel(f"Δ {m.label} against the reference ({better})")
+    ax.set_xlabel(f"Δ {m.label} against the reference\n({better})")
     ax.set_ylabel("hypothesis (seeds)")
     base = group.baseline
-    ax.set_title(f"Δ {m.label} per hypothesis, baseline n={len(base.runs) if base else 0}")
+    ax.set_title(f"Δ {m.label} per hypothesis\n(paired by seed; baseline n="
+                 f"{len(base.runs) if base else 0})")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), fontsize=7, loc="lower center", ncol=2,
@@ -64,7 +65,7 @@ def _row(ax, y: int, c: Comparison) -> None:
                zorder=2, label="one training seed (its Δ)")
     if c.kind == SAME:
         ax.scatter([0], [y], marker="s", color="tab:purple", zorder=3,
-                   label="Δ exactly 0 in every seed (same training)")
+                   label="Δ exactly 0 in every seed (same training or best epoch)")
     elif not np.isnan(c.low):
         ax.errorbar(c.delta, y, xerr=[[c.delta - c.low], [c.high - c.delta]], fmt="o",
                     color="tab:orange" if c.kind == "single run" else "tab:blue", capsize=3,

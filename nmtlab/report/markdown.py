@@ -96,8 +96,8 @@ def _method(calibrated: dict | None) -> list[str]:
         f"{' (test BLEU:' + sentences + ')' if sentences else ''}. Every per-seed Δ exactly 0 "
         "on a training metric is no verdict but \"same training\" (or \"same best epoch\", "
         "when the change acts only after it).",
-        "- **seeds that do not pair**: Welch's t over the runs (Welch–Satterthwaite degrees of "
-        "freedom from the seeds' spreads only). **One run on a side**: "
+        "- **seeds that do not pair**: Welch's t over the runs, with min(n) − 1 degrees of "
+        "freedom (Hsu 1938). **One run on a side**: "
         f"{sig.SINGLE_RUN_METHOD}; its verdict says so.",
         "- **verdict**: helps / hurts at p < 0.05 (in the metric's better direction); **no "
         "effect beyond ±δ** when the two one-sided tests (TOST, Schuirmann 1987) put Δ inside "
@@ -290,8 +290,11 @@ def _sequential_table(cal: dict[str, Any]) -> list[str]:
     nulls = {r["metric"]: r for r in cal["sequential"] if r["effect"] == 0}
     rates = ", ".join(f"{n['helps'] + n['hurts']:.1%} ({METRICS[m].label}, "
                       f"{n['mean_seeds']:.2f} seeds per arm)" for m, n in nulls.items())
+    at_margin = ", ".join(f"{r['equivalent']:.1%} ({METRICS[r['metric']].label})"
+                          for r in cal["sequential"] if r["effect"] == r["margin"])
     return out + ["", f"The whole procedure's false-positive rate (helps or hurts with no "
-                      f"effect): {rates}; wanted ≤ 5%."]
+                      f"effect): {rates}; wanted ≤ 5%. An arm whose true effect is δ is "
+                      f"called \"no effect beyond ±δ\" in {at_margin}."]
 
 
 def _runs(g: Group) -> list[str]:
