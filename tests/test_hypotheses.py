@@ -313,6 +313,29 @@ def test_run_queue_names_failures_and_notices_a_queue_nobody_runs(monkeypatch, t
         queue.run_queue(poll=0.0, repo=tmp_path, stuck_after=0.0)
 
 
+def test_a_round_wants_the_next_look_of_undecided_entries_and_their_references(catalogue):
+    """What a rerun of `make sweep` queues after a round, from the records' verdicts alone:
+    the decided keep their seeds, the undecided get their next look, a reference what the
+    entries compared with it need (accum-x4 for accum-x8), the baseline the most."""
+    from nmtlab.hypotheses import sweep
+    from nmtlab.report import compare
+
+    def done(name, outcome, seeds, kind="paired"):
+        return compare.Comparison(name, "baseline", "bleu", 0.5, kind=kind, outcome=outcome,
+                                  seeds=seeds)
+
+    group = compare.Group("abc", [], {}, "sequential", None, [], named={
+        "gelu": done("gelu", "futile", 2), "swa-last-25pct": done("swa-last-25pct", "pending", 2),
+        "accum-x4": done("accum-x4", "futile", 2), "accum-x8": done("accum-x8", "pending", 4),
+        "plateau-guard": done("plateau-guard", compare.SAME, 2, kind=compare.SAME)})
+    chosen = cat.select(catalogue, ["gelu", "swa-last-25pct", "accum-x8", "plateau-guard",
+                                    "stock-kernels"])
+    assert sweep.targets(catalogue, chosen, group) == {
+        "baseline": 4, "accum-x4": 6, "accum-x8": 6, "gelu": 2, "swa-last-25pct": 4,
+        "plateau-guard": 2, "stock-kernels": 2}
+    assert sweep.targets(catalogue, chosen, None)["baseline"] == 2  # nothing run yet
+
+
 # ---- queueing preconditions ----------------------------------------------------------------
 def git(repo: Path, *args: str) -> None:
     e2e.run(["git", *args], repo)

@@ -80,7 +80,7 @@ def better(stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def runs(sim) -> list[experiments.Run]:
     """6 baseline seeds; gelu (3 seeds, named anyhow) far better; exponential decay (3 seeds)
     that sets only the schedule's name (its gamma is the default); a plain dropout sweep
-    named like gelu's replicates; one single run of swiglu."""
+    named like gelu's replicates; one single run of swiglu; a plain beam-size run."""
     base, same = sim[0], sim[1]
     good = better(same[:3], np.random.default_rng(6))
     out = [make_run(f"baseline-s{k + 1}", base[k], 2.0 + 0.01 * k, k + 1) for k in range(6)]
@@ -91,20 +91,23 @@ def runs(sim) -> list[experiments.Run]:
     out += [make_run(f"gelu-s{k + 1}", same[3 + k], 2.0 + 0.01 * k, k + 1, model__dropout=0.2)
             for k in range(3)]
     out.append(make_run("swiglu", base[0], 2.0, 1, model__activation="swiglu"))
+    out.append(make_run("beam1", base[1], 2.0, 1, model__dropout=0.0))
     return out
 
 
 def test_arms_are_matched_to_entries_by_resolved_params_never_by_name(runs):
     [group] = compare.group_runs(runs, CATALOGUE)
     arms = {a.name: a for a in group.arms}
-    assert set(arms) == {"gelu", "decay", "swiglu", "model.dropout=0.2"}
+    assert set(arms) == {"gelu", "decay", "swiglu", "model.dropout=0.2", "beam1"}
     assert [r.name for r in arms["gelu"].runs] == ["lusty-gaff", "brisk-oak", "tame-lid"]
     assert arms["gelu"].metric == "val_loss" and arms["gelu"].hypothesis == "gelu helps."
     # decay names gamma 0.9, the default: its runs' diff is only the schedule's name
     assert arms["decay"].diff == {"schedule.name": "exponential"}
     assert arms["decay"].entry.name == "decay"
-    # named gelu-sK, but another configuration: a plain sweep, its metric BLEU
+    # named gelu-sK, but another configuration: a plain sweep, its metric BLEU, named by its
+    # params (a plain run whose name no entry has keeps it: beam1)
     assert arms["model.dropout=0.2"].entry is None and arms["model.dropout=0.2"].metric == "bleu"
+    assert arms["beam1"].entry is None and arms["beam1"].diff == {"model.dropout": 0.0}
     assert group.missing == ["never-run"]
 
 
@@ -120,7 +123,7 @@ def test_arms_are_compared_seed_by_seed(runs):
     single = dict(group.both)["swiglu"]["bleu"]
     assert single.kind == "single run" and single.verdict.endswith("(test-set noise only)")
     assert dict(group.both)["swiglu"]["val_loss"].verdict == "too few runs"
-    assert set(group.corrected) == {"gelu", "decay", "swiglu", "model.dropout=0.2"}
+    assert set(group.corrected) == {"gelu", "decay", "swiglu", "model.dropout=0.2", "beam1"}
     for name, corr in group.corrected.items():
         assert corr["bh"] >= group.named[name].sequential_p and corr["holm"] >= corr["bh"]
 
@@ -165,8 +168,9 @@ def test_runs_of_different_provenance_are_kept_apart(sim):
     assert main.named["gelu"].seeds == 2  # seeds 1 and 2; seed 3 ended by the budget
     line = markdown.provenance_line(groups)
     assert line.startswith("Kept apart (never pooled or paired), differing in device, dtype, "
-                           "budget_stop: ")
-    assert "device NVIDIA H100, dtype bf16, budget_stop False" in line
+                           "budget stop: ")
+    assert "device NVIDIA H100, dtype bf16, no budget stop" in line
+    assert "device Some CPU, dtype fp32, stopped by the time budget" in line
     assert markdown.provenance_line(groups[:1]).startswith("All runs share one provenance: ")
 
 

@@ -22,22 +22,17 @@ from .queue import OPEN, queue_runs, run_queue, run_states
 
 def targets(catalogue: list[Hypothesis], chosen: list[Hypothesis],
             group: compare.Group | None) -> dict[str, int]:
-    """Seeds each entry needs now: an undecided entry the next look of its comparison, a
-    decided one what it has, and every reference at least what the entries compared with it
-    need (seeds pair by number)."""
+    """Seeds each entry needs now: for its own comparison, the next look if undecided (what
+    it has if decided), and as a reference, what each entry compared with it needs for
+    theirs (seeds pair by number); the baseline at least the first look."""
     design = sequential.SEQUENTIAL
-    need = {h.name: 0 for h in references(catalogue, chosen)}
+    own = {h.name: _next_look(group.named.get(h.name) if group else None, design)
+           for h in chosen if h.name != BASELINE}
+    need = {h.name: own.get(h.name, 0) for h in references(catalogue, chosen)}
     for h in chosen:
-        if h.name == BASELINE:
-            continue
-        done = group.named.get(h.name) if group else None
-        need[h.name] = _next_look(done, design)
-    by_name = {h.name: h for h in catalogue}
-    for name in sorted(need, key=lambda n: -_depth(by_name, n)):  # dependents first
-        against = by_name[name].against
-        if against:
-            need[against] = max(need[against], need[name])
-    need[BASELINE] = max(need.get(BASELINE, 0), design.looks[0])
+        if h.name in own:
+            need[h.against] = max(need[h.against], own[h.name])
+    need[BASELINE] = max(need[BASELINE], design.looks[0])
     return need
 
 
@@ -50,10 +45,12 @@ def _next_look(comparison: compare.Comparison | None, design: sequential.Design)
     return later[0] if later else design.max_seeds
 
 
-def _depth(by_name: dict[str, Hypothesis], name: str) -> int:
-    depth, current = 0, by_name[name]
-    while current.against:
-        depth, current = depth + 1, by_name[current.against]
+def _depth(catalogue: list[Hypothesis], h: Hypothesis) -> int:
+    """How many `against` links lead from `h` to the baseline."""
+    by_name = {e.name: e for e in catalogue}
+    depth = 0
+    while h.against:
+        depth, h = depth + 1, by_name[h.against]
     return depth
 
 
@@ -81,7 +78,11 @@ def sweep(catalogue: list[Hypothesis], names: list[str], jobs: int, repo: Path =
         group = current_group(catalogue, code, repo)
         need = targets(catalogue, chosen, group)
         states = run_states(repo, code)
-        plan = [(h, k) for h in catalogue if h.name in need for k in range(1, need[h.name] + 1)]
+        # references first: an entry that reuses its reference's training (DVC's run cache)
+        # then finds it finished
+        order = sorted((h for h in catalogue if h.name in need),
+                       key=lambda h: _depth(catalogue, h))
+        plan = [(h, k) for h in order for k in range(1, need[h.name] + 1)]
         queued, _ = queue_runs(plan, states, repo)
         waiting = sum(s in OPEN for s in states.values())
         if not queued and not waiting:
@@ -90,11 +91,10 @@ def sweep(catalogue: list[Hypothesis], names: list[str], jobs: int, repo: Path =
         print(f"round: {queued} runs queued; seeds wanted: "
               + ", ".join(f"{n} {k}" for n, k in need.items()), flush=True)
         run_queue(jobs, timeout, poll, repo, recorder=recorder)
-    _summary(catalogue, chosen, group)
+    _summary(chosen, group)
 
 
-def _summary(catalogue: list[Hypothesis], chosen: list[Hypothesis],
-             group: compare.Group | None) -> None:
+def _summary(chosen: list[Hypothesis], group: compare.Group | None) -> None:
     if group is None:
         raise UserError("sweep: no runs recorded for this code version")
     for h in chosen:

@@ -10,6 +10,7 @@ entries by their resolved params (the defaults filled in), never by name.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from . import significance as sig
 from .experiments import SEED_KEY, Run
 
 SAME = "same"  # outcome of an arm whose every per-seed Δ is exactly 0
+REPLICATE_RE = re.compile(r"-s\d+$")  # ENTRY-sK, as the queue names replicates
 AA_RUNS = 6  # baseline seeds whose every pair the single-run bootstrap is tried on
 
 
@@ -142,6 +144,10 @@ def _group(members: list[Run], catalogue: list[Hypothesis], sequential_design: b
     base_params = members[0].base_params
     built = [_arm(json.loads(key), sorted(rs, key=_seed_order), base_params, catalogue)
              for key, rs in arms.items()]
+    names = [a.name for a in built]
+    for arm in built:  # two plain sweeps under one name: each named by its params
+        if names.count(arm.name) > 1 and arm.entry is None:
+            arm.name = format_diff(arm.diff)
     baseline = next((a for a in built if not a.diff), None)
     group = Group(members[0].code, sorted({r.baseline_rev for r in members}),
                   members[0].provenance, "sequential" if sequential_design else "fixed",
@@ -168,7 +174,12 @@ def _arm(diff: dict[str, Any], runs: list[Run], base_params: dict,
                 return Arm(h.name if diff else BASELINE, diff, runs, h)
         except KeyError:
             continue  # the entry sets a key these runs' params do not have
-    return Arm(format_diff(diff), diff, runs)
+    stems = {REPLICATE_RE.sub("", r.name) for r in runs}
+    # a display name only: its experiments' shared name, unless an entry has it
+    stem = stems.pop() if len(stems) == 1 else ""
+    taken = {h.name for h in catalogue} | {BASELINE}
+    return Arm(stem if stem and stem not in taken and not stem.startswith("commit-")
+               else format_diff(diff), diff, runs)
 
 
 def format_diff(diff: dict[str, Any]) -> str:

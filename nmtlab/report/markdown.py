@@ -83,19 +83,21 @@ def render(groups: list[Group], figures: list[dict[str, str]], n_collected: int,
 
 def _method(calibrated: dict | None) -> list[str]:
     chosen = calibrated["chosen"]["bleu"] if calibrated else calibration.CHOSEN["bleu"]
-    sentences = (" plus the variance of the sentences' main effect on Δ (would another test "
-                 "set agree?), from a seed × sentence analysis of variance of the runs' "
-                 "jackknife pseudo-values, which does not count the run-by-sentence noise a "
-                 "second time" if chosen == "seeds + sentences" else "")
+    sentences = [
+        "- **test BLEU** adds the variance of the sentences' main effect on Δ, whether another "
+        "test set would agree, from a seed × sentence analysis of variance of the runs' "
+        "jackknife pseudo-values; the run-by-sentence noise, already in each Δ_k, is not "
+        "counted again, and the degrees of freedom stay n − 1."] \
+        if chosen == "seeds + sentences" else []
     return [
         "How each comparison is tested (the method and its measured calibration: "
         "docs/seeds.md, and the Calibration section below):", "",
         "- **paired by seed**: Δ_k = arm seed k − reference seed k (same initialisation and "
         "batch order; where DVC's run cache restored it, the very same training); Δ is the "
-        "mean of the per-seed Δ_k; Student's t on them with n − 1 degrees of freedom"
-        f"{' (test BLEU:' + sentences + ')' if sentences else ''}. Every per-seed Δ exactly 0 "
-        "on a training metric is no verdict but \"same training\" (or \"same best epoch\", "
-        "when the change acts only after it).",
+        "mean of the per-seed Δ_k, tested by Student's t on them with n − 1 degrees of "
+        "freedom. Every per-seed Δ exactly 0 on a training metric is no verdict but \"same "
+        "training\" (or \"same best epoch\", when the change acts only after it).",
+        *sentences,
         "- **seeds that do not pair**: Welch's t over the runs, with min(n) − 1 degrees of "
         "freedom (Hsu 1938). **One run on a side**: "
         f"{sig.SINGLE_RUN_METHOD}; its verdict says so.",
@@ -118,13 +120,19 @@ def provenance_line(groups: list[Group]) -> str:
         return "No runs."
     varying = [k for k in PROVENANCE if len({repr(g.provenance[k]) for g in groups}) > 1]
     if not varying:
-        shared = ", ".join(f"{k} {g}" for k, g in groups[0].provenance.items())
+        shared = ", ".join(_provenance(k, v) for k, v in groups[0].provenance.items())
         return f"All runs share one provenance: {shared}."
     parts = [f"section {i + 1} ({sum(len(a.runs) for a in g.all_arms)} runs): "
-             + ", ".join(f"{k} {g.provenance[k]}" for k in varying)
+             + ", ".join(_provenance(k, g.provenance[k]) for k in varying)
              for i, g in enumerate(groups)]
-    return (f"Kept apart (never pooled or paired), differing in {', '.join(varying)}: "
-            + "; ".join(parts) + ".")
+    return (f"Kept apart (never pooled or paired), differing in "
+            f"{', '.join(k.replace('_', ' ') for k in varying)}: " + "; ".join(parts) + ".")
+
+
+def _provenance(key: str, value: Any) -> str:
+    if key == "budget_stop":
+        return "stopped by the time budget" if value else "no budget stop"
+    return f"{key.replace('_', ' ')} {value}"
 
 
 def _group(g: Group, figures: dict[str, str], several: bool, index: int,
