@@ -78,24 +78,19 @@ class NullModel:
         return self.table.shape[1]
 
     def bleu_runs(self, rng: np.random.Generator, sentences: np.ndarray, n: int,
-                  shift: float = 0.0, table: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(sims, n) BLEU and (sims, n, N) pseudo-values of simulated runs on the test sets
-        `sentences` (sims, N), from this model's runs (or `table`'s), shifted by `shift`."""
-        table = self.table if table is None else table
-        pick = rng.integers(0, table.shape[0], (len(sentences), n, sentences.shape[1]))
-        full = table[pick, sentences[:, None, :]]
-        summed = full.sum(axis=-2, keepdims=True)
-        corpus = sig.bleu(summed)
-        pseudo = sentences.shape[1] * corpus - (sentences.shape[1] - 1) * sig.bleu(summed - full)
+        `sentences` (sims, N), shifted by `shift`."""
+        pick = rng.integers(0, self.table.shape[0], (len(sentences), n, sentences.shape[1]))
+        corpus, pseudo = sig.jackknife(self.table[pick, sentences[:, None, :]])
         seed = rng.normal(0.0, self.seed_sd, (len(sentences), n)) + shift
-        return corpus[..., 0] + seed, pseudo + seed[..., None]
+        return corpus + seed, pseudo + seed[..., None]
 
     def test_sets(self, rng: np.random.Generator, sims: int) -> np.ndarray:
         return rng.integers(0, self.sentences, (sims, self.sentences))
 
 
-def test(name: str, exp: tuple, base: tuple, paired: bool) -> dict[str, np.ndarray]:
+def apply_test(name: str, exp: tuple, base: tuple, paired: bool) -> dict[str, np.ndarray]:
     """One of TESTS on simulated (values, pseudo-values) of two arms."""
     pseudo = name == "seeds + sentences"
     fn = sig.paired if paired else sig.unpaired
@@ -137,7 +132,7 @@ def null_designs(model: NullModel, rng: np.random.Generator, replications: int,
             sentences = model.test_sets(rng, sims)
             exp, base = model.bleu_runs(rng, sentences, n_e), model.bleu_runs(rng, sentences, n_b)
             for name in TESTS:
-                hits[name] += _fp_cover(test(name, exp, base, paired), 0.0)
+                hits[name] += _fp_cover(apply_test(name, exp, base, paired), 0.0)
         design = _design_name(n_e, n_b, paired)
         rows += [_rate_row("bleu", design, name, hits[name], replications) for name in TESTS]
         if val_losses:

@@ -91,10 +91,15 @@ def pseudo_values(stats: np.ndarray) -> np.ndarray:
     Tukey): N * BLEU - (N - 1) * BLEU without sentence i. Their mean is (nearly) the corpus
     BLEU and their spread each sentence's share of it, so BLEU's sentence-level variance
     components can be estimated as for an average."""
-    full = with_totals(stats)
+    return jackknife(with_totals(stats))[1]
+
+
+def jackknife(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(corpus BLEU (...,), pseudo-values (..., N)) of (..., N, 10) statistics with totals."""
     summed = full.sum(axis=-2, keepdims=True)
-    n = stats.shape[-2]
-    return n * bleu(summed) - (n - 1) * bleu(summed - full)
+    n = full.shape[-2]
+    corpus = bleu(summed)
+    return corpus[..., 0], n * corpus - (n - 1) * bleu(summed - full)
 
 
 def resample_weights(n_sentences: int, n_samples: int, seed: int) -> np.ndarray:
