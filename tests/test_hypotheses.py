@@ -383,8 +383,8 @@ def test_preflight_outside_git_is_refused(tmp_path):
 # ---- end to end: one entry and its references as real queued experiments ----------------------
 # The tiny project keeps the default epochs (20) and train.keep_checkpoints (5), so every
 # entry's values are valid there unchanged (the whole catalogue is loaded), and 80 pairs in
-# batches of 600 tokens give enough optimizer steps for accum-x8's warm-up (3 steps an epoch,
-# 60 in all, warm-up 25).
+# batches of 600 tokens give enough optimizer steps for the accumulation warm-ups (accum-x4:
+# 3 steps an epoch, 60 in all, warm-up 50; 16 epochs would be too few).
 E2E_OVERRIDES = {"train": {"epochs": 20, "keep_checkpoints": 5, "batch_tokens": 600}}
 
 
