@@ -73,7 +73,8 @@ def test_every_entrys_overrides_change_exactly_their_keys_through_dvc(catalogue,
         after = yaml.safe_load(path.read_text())
         assert after == cat.apply(raw, h.set), h.name
         for key, value in h.set.items():
-            (parsed,) = OverridesParser.create().parse_overrides([f"{key}={cat.hydra_value(value)}"])
+            override = f"{key}={cat.hydra_value(value)}"
+            (parsed,) = OverridesParser.create().parse_overrides([override])
             assert parsed.value() == value and type(parsed.value()) is type(value), (h.name, key)
 
 

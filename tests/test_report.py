@@ -246,7 +246,8 @@ def test_report_markdown_and_forest_plots(runs, tmp_path):
     assert rows["gelu"]["runs"] == "3" and rows["gelu"]["metric"] == "val_loss"
     assert rows["gelu"]["verdict"] == "helps" and rows["gelu"]["seeds agreeing"] == "3/3"
     assert rows["gelu"]["δ"] == "0.01" and rows["gelu"]["power at δ"].endswith("%")
-    assert re.fullmatch(r"-0\.\d{4} \[-0\.\d{4}, -0\.\d{4}\]", rows["gelu"]["Δ named metric [95% CI]"])
+    assert re.fullmatch(r"-0\.\d{4} \[-0\.\d{4}, -0\.\d{4}\]",
+                        rows["gelu"]["Δ named metric [95% CI]"])
     assert rows["swiglu"]["verdict"].endswith("(test-set noise only)")
     assert "No runs yet on this code version and provenance: never-run" in md
     assert "Not calibrated on this baseline" in md

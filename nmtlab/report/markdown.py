@@ -172,7 +172,8 @@ def _group(g: Group, figures: dict[str, str], several: bool, index: int,
 def _design_line(g: Group) -> str:
     if g.design == "sequential":
         d = sequential.SEQUENTIAL
-        return (f"Swept in rounds (reports/sweep_rounds.tsv): looks at {', '.join(map(str, d.looks))} "
+        looks = ", ".join(map(str, d.looks))
+        return (f"Swept in rounds (reports/sweep_rounds.tsv): looks at {looks} "
                 f"seeds, alpha spent {', '.join(map(str, d.alphas))}, futility below "
                 f"{d.futility:.0%} conditional power.")
     return ("Verdicts: one look at the seeds each arm has, at α 0.05 (this code version's "
