@@ -90,17 +90,23 @@ run-queue: setup
 	$(VENV)/bin/nmtlab hypotheses start -j $(JOBS); status=$$?; \
 	$(DVC) queue status; $(VENV)/bin/nmtlab show; exit $$status
 
-# The catalogue with training seeds (SEEDS, default 3; the baseline BASELINE_SEEDS, default 6),
-# queued, run JOBS at a time and reported; rerun it to continue a sweep cut short.
+# The catalogue (or NAMES) in rounds of training seeds: 2 per entry and the baseline's, then
+# more (4, then 6) only for the entries still undecided (docs/seeds.md), JOBS at a time;
+# then the report, with the tests calibrated on the baseline's runs. Rerun it to continue
+# a sweep cut short. (A fixed number of seeds: make queue-hypotheses SEEDS=N, run-queue.)
 sweep: setup
-	$(MAKE) queue-hypotheses SEEDS=$(or $(SEEDS),3) BASELINE_SEEDS=$(or $(BASELINE_SEEDS),6) \
-	  NAMES="$(NAMES)"
-	$(MAKE) run-queue JOBS=$(JOBS); status=$$?; $(MAKE) report && exit $$status
+	cores=$$(nproc 2>/dev/null || sysctl -n hw.ncpu); \
+	export PATH=$(abspath $(VENV))/bin:$$PATH \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$cores / $(JOBS) > 0 ? $$cores / $(JOBS) : 1 ))}; \
+	$(VENV)/bin/nmtlab hypotheses sweep -j $(JOBS) $(NAMES); status=$$?; \
+	$(MAKE) report CALIBRATE=1 && exit $$status
 
-# Every experiment against its baseline, pooled over training seeds, with significance:
-# writes the run records reports/runs/*.json (commit them), then reports/experiments.md + PNGs.
+# Every experiment against its reference, paired by training seed, with significance:
+# writes the run records reports/runs/<code>/*.json (commit them), then
+# reports/experiments.md + PNGs. CALIBRATE=1 first measures the tests on simulated A/A
+# comparisons built from the baseline's runs (reports/calibration.json, minutes).
 report: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab report
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/nmtlab report $(if $(CALIBRATE),--calibrate)
 
 # SmoothCE against torch's CrossEntropyLoss over label smoothing 0..0.5, with the figure
 # reports/label_smoothing_check.png; fails if they differ by more than float32 rounding.

@@ -12,7 +12,8 @@ import sys
 TOOLS = {
     "report": ("nmtlab.report.__main__",
                "hypotheses pooled over training seeds against the baseline, with significance"),
-    "hypotheses": ("nmtlab.hypotheses", "the hypothesis catalogue: list, queue, start, wait"),
+    "hypotheses": ("nmtlab.hypotheses.__main__",
+                   "the hypothesis catalogue: list, queue, start, wait, sweep in rounds"),
     "bench": ("nmtlab.bench", "training and decoding speed against plain baselines"),
     "loss-check": ("nmtlab.loss_check", "SmoothCE against torch's CrossEntropyLoss, with a figure"),
     "translate": ("nmtlab.translate", "translate your own sentences (stdin or a file) with a trained model"),

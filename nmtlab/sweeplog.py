@@ -9,6 +9,11 @@ experiments finished so far, and the machine's busy CPU seconds since the start
 (from /proc/stat, so everything running on the machine counts; blank where there
 is no /proc/stat). A sitting cut off by a stop keeps its last rewrite, so its end
 is known to within `EVERY` seconds. Commit the file with the run records.
+
+A sweep in rounds (`nmtlab hypotheses sweep`) also adds a row per round to
+reports/sweep_rounds.tsv: the code version, the round, when, the seeds each entry was
+wanted at and how many runs it queued. The report reads it to know which code versions were
+swept in rounds, and so which decision rule their verdicts follow (docs/seeds.md).
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from nmt import fsio, trainlog
 from nmt.errors import UserError
 
 LOG = Path("reports") / "sweep_log.tsv"
+ROUNDS = Path("reports") / "sweep_rounds.tsv"
+ROUND_COLUMNS = ("code", "round", "started", "queued", "seeds")
 EVERY = 60.0  # seconds between rewrites of the current sitting's row
 STAT = Path("/proc/stat")
 
@@ -100,6 +107,7 @@ class Recorder:
                                cores, 0, None if self.cpu0 is None else 0.0)
         self.previous = read(path)
         self.last_write = 0.0
+        self.before = 0  # experiments finished in earlier rounds of this sitting
 
     def begin(self) -> None:
         self.tick(0, force=True)
@@ -128,3 +136,27 @@ def summary(sittings: list[Sitting]) -> str:
     return (f"The queue sweep ran in {len(sittings)} sitting(s), {hours:.2f} hours of wall time "
             f"in all, {cpu_text}; {sum(s.done for s in sittings)} experiments finished; "
             f"{'; '.join(setups)} (reports/sweep_log.tsv).")
+
+
+def add_round(code: str, seeds: dict[str, int], queued: int, path: Path = ROUNDS) -> None:
+    """Append a round of the sweep of code version `code`: the seeds wanted per entry."""
+    rows = read_rounds(path)
+    number = 1 + sum(r["code"] == code for r in rows)
+    rows.append({"code": code, "round": number, "started": _now(), "queued": queued,
+                 "seeds": " ".join(f"{name}={n}" for name, n in seeds.items())})
+    fsio.write_text(path, trainlog.text(rows, ROUND_COLUMNS))
+
+
+def read_rounds(path: Path = ROUNDS) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t")
+    if tuple(reader.fieldnames or ()) != ROUND_COLUMNS:
+        raise UserError(f"{path}: not a rounds log (columns {reader.fieldnames}, not "
+                        f"{list(ROUND_COLUMNS)}); fix or delete it")
+    return list(reader)
+
+
+def sequential_codes(path: Path = ROUNDS) -> set[str]:
+    """Code versions swept in rounds: their verdicts follow the sequential rule."""
+    return {row["code"] for row in read_rounds(path)}

@@ -1,6 +1,7 @@
 """The report's significance: BLEU from per-sentence statistics against sacreBLEU's public API
-and CLI, and the pooled test over training seeds on simulated scores (false positives under
-the null, power on a known shift). Fast: every simulation is vectorised with numpy."""
+and CLI, the single-run paired bootstrap, the tests over seeds against scipy's t-tests, the
+sentence main effect, TOST and power. Fast: every simulation is vectorised with numpy. (The
+tests' calibration on a realistic null: tests/test_calibration.py.)"""
 from __future__ import annotations
 
 import json
@@ -77,27 +78,83 @@ def test_identical_systems_are_no_significant_difference():
     res = sig.paired_bootstrap(stats, stats)
     assert res["delta"] == 0 and res["delta_low"] == res["delta_high"] == 0
     assert res["p_value"] == 1.0  # every resample ties Δ = 0 (sacreBLEU's count gives 0.001)
-    assert sig.verdict(float(res["delta"]), float(res["p_value"])) == "no significant difference"
 
 
-# ---- the pooled test ------------------------------------------------------------------------
-def test_welch_without_sentence_variance_is_welchs_t_test():
+# ---- the tests over seeds --------------------------------------------------------------------
+def test_paired_without_sentences_is_the_paired_t_test():
     rng = np.random.default_rng(3)
-    a, b = rng.normal(30, 0.6, 3), rng.normal(31, 0.9, 4)
-    res = sig.welch(a, b)
-    expected = scipy_stats.ttest_ind(b, a, equal_var=False)
-    assert float(res["p_value"]) == pytest.approx(expected.pvalue, rel=1e-9)
-    assert float(res["delta"]) == pytest.approx(b.mean() - a.mean())
-    # extra (sentence) variance adds to the standard error and raises p
-    wider = sig.welch(a, b, extra_var=0.5)
-    assert wider["se"] ** 2 == pytest.approx(res["se"] ** 2 + 0.5)
-    assert wider["p_value"] > res["p_value"]
+    base = rng.normal(30, 0.6, 4)
+    exp = base + rng.normal(0.8, 0.3, 4)
+    res = sig.paired(exp, base)
+    expected = scipy_stats.ttest_rel(exp, base)
+    assert float(sig.p_value(res["delta"], res["se"], res["df"])) == pytest.approx(
+        expected.pvalue, rel=1e-9)
+    assert float(res["delta"]) == pytest.approx((exp - base).mean()) and res["df"] == 3
+    low, high = sig.interval(res["delta"], res["se"], res["df"])
+    assert (low, high) == pytest.approx(tuple(expected.confidence_interval()))
 
 
-def test_one_run_a_side_is_too_few_runs():
-    res = sig.welch(np.array([30.0, 31.0]), np.array([33.0]))
-    assert np.isnan(res["p_value"])
-    assert sig.verdict(float(res["delta"]), float(res["p_value"])) == "too few runs"
+def test_unpaired_without_sentences_is_welchs_t_with_hsus_degrees_of_freedom():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(30, 0.6, 3), rng.normal(31, 0.9, 7)
+    res = sig.unpaired(b, a)
+    welch = scipy_stats.ttest_ind(b, a, equal_var=False)
+    t = float(res["delta"] / res["se"])
+    assert t == pytest.approx(welch.statistic, rel=1e-9) and res["df"] == 2  # min(3, 7) - 1
+    assert float(sig.p_value(res["delta"], res["se"], res["df"])) == pytest.approx(
+        2 * scipy_stats.t.sf(abs(t), 2), rel=1e-9)
+
+
+def test_one_pair_is_too_few():
+    res = sig.paired(np.array([33.0]), np.array([30.0]))
+    assert np.isnan(res["se"]) and np.isnan(sig.p_value(res["delta"], res["se"], res["df"]))
+
+
+def test_pseudo_values_average_to_the_corpus_bleu():
+    stats = simulate(np.random.default_rng(1), 1, 1, 300)[0, 0, 0]
+    pseudo = sig.pseudo_values(stats)
+    assert pseudo.shape == (300,)
+    # the jackknife's bias correction of a ratio of sums: small, shrinking with N
+    assert pseudo.mean() == pytest.approx(float(sig.corpus_bleu(stats)), abs=0.05)
+
+
+def test_the_sentence_term_sees_a_per_sentence_effect_and_not_the_interaction():
+    """Per-sentence differences that agree across seeds (an effect that varies by sentence)
+    give a sentence main effect; seed-by-sentence noise alone gives about none (it is
+    already in each seed's Δ)."""
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0, 10, (3, 400))  # interaction: new each seed
+    assert sig.sentence_variance_paired(noise) < 0.02 * noise.var() / 400
+    effect = rng.normal(0, 10, 400)  # the same each seed
+    assert sig.sentence_variance_paired(noise + effect) == pytest.approx(
+        effect.var(ddof=1) / 400, rel=0.25)
+    a, b = rng.normal(0, 10, (3, 400)) + effect, rng.normal(0, 10, (7, 400))
+    assert sig.sentence_variance_unpaired(a, b) == pytest.approx(effect.var(ddof=1) / 400,
+                                                                 rel=0.35)
+    assert sig.sentence_variance_unpaired(a - effect, b) < 0.05 * 100 / 400
+
+
+def test_the_sentence_term_widens_the_interval_but_keeps_the_degrees_of_freedom():
+    runs = simulate(np.random.default_rng(12), 1, 3, 300, shift=0.1)[0]
+    values, pseudo = sig.corpus_bleu(runs), sig.pseudo_values(runs)
+    seeds = sig.paired(values[1], values[0])
+    both = sig.paired(values[1], values[0], pseudo[1], pseudo[0])
+    assert both["se"] >= seeds["se"] and both["df"] == seeds["df"] == 2
+
+
+def test_tost_and_power():
+    # Δ 0.1 ± 0.1 (df 10): the 90% interval [-0.08, 0.28] lies inside ±0.5, not inside ±0.2
+    assert sig.tost(0.1, 0.1, 10.0, 0.5) < 0.05 < sig.tost(0.1, 0.1, 10.0, 0.2)
+    assert sig.tost(0.0, 0.0, 5.0, 0.5) == 0.0 and sig.tost(0.6, 0.0, 5.0, 0.5) == 1.0
+    # power: 5% at no effect, rising with the effect, about 80% at 2.8 standard errors
+    assert sig.power(1.0, 1e6, 1e-9) == pytest.approx(0.05, abs=1e-6)
+    assert sig.power(1.0, 1e6, 2.8) == pytest.approx(0.80, abs=0.01)
+    assert sig.power(1.0, 2.0, 2.8) < sig.power(1.0, 20.0, 2.8) < sig.power(1.0, 20.0, 4.0)
+    rng = np.random.default_rng(9)
+    d = rng.normal(0.5, 1.0, (20000, 4))
+    res = sig.paired(d, np.zeros_like(d))
+    found = np.mean(sig.p_value(res["delta"], res["se"], res["df"]) < 0.05)
+    assert sig.power(1.0 / 2, 3.0, 0.5) == pytest.approx(found, abs=0.015)
 
 
 def simulate(rng: np.random.Generator, pairs: int, runs: int, sentences: int,
@@ -120,46 +177,11 @@ def simulate(rng: np.random.Generator, pairs: int, runs: int, sentences: int,
                            matches], axis=-1)
 
 
-@pytest.fixture(scope="module")
-def null_runs() -> np.ndarray:
-    """600 simulated A/A comparisons, 3 seeds a side, 300 test sentences; the seed spread is
-    about 0.7 BLEU, as large as the effects the catalogue tests."""
-    return simulate(np.random.default_rng(11), 600, 3, 300)
-
-
-def test_simulated_seed_spread_is_realistic(null_runs):
-    per_run = sig.corpus_bleu(null_runs)
-    assert 0.4 < per_run.std(axis=-1, ddof=1).mean() < 1.2
-    assert 20 < per_run.mean() < 50
-
-
-def test_pooled_test_false_positive_rate_under_the_null(null_runs):
-    res = sig.pooled_bleu(null_runs[:, 0], null_runs[:, 1], n_samples=200)
-    rate = np.mean(res["p_value"] < sig.ALPHA)
-    assert rate <= 0.07, rate
-    # the intervals cover the true Δ (0) as often
-    assert np.mean((res["low"] <= 0) & (res["high"] >= 0)) >= 0.93
-
-
-def test_single_run_paired_bootstrap_calls_same_config_seeds_significant(null_runs):
-    """Why the pooled test exists: test-set noise only, two seeds of one configuration."""
-    res = sig.paired_bootstrap(null_runs[:, 0, 0], null_runs[:, 1, 0], n_samples=200)
+def test_single_run_paired_bootstrap_calls_same_config_seeds_significant():
+    """Why several seeds: test-set noise only, two seeds of one configuration."""
+    runs = simulate(np.random.default_rng(11), 300, 1, 300)
+    res = sig.paired_bootstrap(runs[:, 0, 0], runs[:, 1, 0], n_samples=200)
     assert np.mean(res["p_value"] < sig.ALPHA) > 0.15
-
-
-def test_pooled_test_finds_a_known_shift():
-    runs = simulate(np.random.default_rng(12), 300, 3, 300, shift=0.15)
-    res = sig.pooled_bleu(runs[:, 0], runs[:, 1], n_samples=200)
-    assert 2.5 < res["delta"].mean() < 5  # BLEU points
-    verdicts = [sig.verdict(d, p) for d, p in zip(res["delta"], res["p_value"])]
-    assert verdicts.count("helps") / len(verdicts) >= 0.8
-    assert "hurts" not in verdicts
-
-
-def test_verdict_follows_the_metrics_direction():
-    assert sig.verdict(-0.1, 0.01, higher_is_better=False) == "helps"
-    assert sig.verdict(-0.1, 0.01, higher_is_better=True) == "hurts"
-    assert sig.verdict(0.5, 0.2) == "no significant difference"
 
 
 def test_corrections_match_their_definitions():
@@ -169,10 +191,3 @@ def test_corrections_match_their_definitions():
     # BH: sorted times 4/1, 4/2, 4/3, 4/4, running minimum from the top
     assert sig.benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
     assert (sig.holm(p) >= p).all() and (sig.benjamini_hochberg(p) <= sig.holm(p)).all()
-
-
-def test_aa_splits_are_the_ten_distinct_3_vs_3_splits():
-    splits = sig.aa_splits(6)
-    assert len(splits) == 10
-    assert {frozenset([frozenset(a), frozenset(b)]) for a, b in splits}.__len__() == 10
-    assert all(set(a).isdisjoint(b) and len(a) == len(b) == 3 for a, b in splits)

@@ -17,8 +17,6 @@ from .test_dvc_deps import imported_modules, module_file, module_name
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
 MAX_STAGE_ENTRY_LINES = 40
-# Being rewritten by another developer (issue 24's job split of the hypotheses tool).
-LONG_FUNCTIONS_ALLOWED_IN = ("nmtlab/hypotheses.py",)
 
 
 def import_graph(package: Path, root: Path) -> dict[str, set[str]]:
@@ -76,17 +74,9 @@ def test_nmt_has_no_import_cycle():
 def test_no_function_is_over_60_lines(home):
     too_long = {}
     for path in sorted((REPO / home).rglob("*.py")):
-        rel = path.relative_to(REPO).as_posix()
-        if rel not in LONG_FUNCTIONS_ALLOWED_IN and (
-                found := long_functions(path, MAX_FUNCTION_LINES)):
-            too_long[rel] = found
+        if found := long_functions(path, MAX_FUNCTION_LINES):
+            too_long[path.relative_to(REPO).as_posix()] = found
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
-
-
-def test_the_allowed_exceptions_are_still_needed():
-    """An exception that no longer has a long function is taken off the list."""
-    for rel in LONG_FUNCTIONS_ALLOWED_IN:
-        assert long_functions(REPO / rel, MAX_FUNCTION_LINES), f"{rel}: remove the exception"
 
 
 def test_stage_entry_points_only_wire():

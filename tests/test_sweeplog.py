@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 from nmt.errors import UserError
-from nmtlab import hypotheses, sweeplog
+from nmtlab import dvcrun, sweeplog
+from nmtlab.hypotheses import queue
 
 
 def stat_file(path, busy_ticks: int, idle_ticks: int = 1000):
@@ -62,39 +63,53 @@ def test_a_broken_log_is_one_error_naming_it(tmp_path):
 
 def test_run_queue_logs_its_sitting(tmp_path, monkeypatch):
     """`nmtlab hypotheses start -j 2` writes the sitting's row and its finished count."""
-    states = iter([({"a": ("x-s1", "Queued"), "b": ("x-s2", "Queued")}, 0),
-                   ({"a": ("x-s1", "Running"), "b": ("x-s2", "Running")}, 2),
-                   ({"a": ("x-s1", "Success"), "b": ("x-s2", "Running")}, 2),
-                   ({"a": ("x-s1", "Success"), "b": ("x-s2", "Success")}, 2)])
-    monkeypatch.setattr(hypotheses, "queue_status", lambda repo: next(states))
+    states = iter([{"a": ("x-s1", "queued"), "b": ("x-s2", "queued")},
+                   {"a": ("x-s1", "running"), "b": ("x-s2", "running")},
+                   {"a": ("x-s1", "success"), "b": ("x-s2", "running")},
+                   {"a": ("x-s1", "success"), "b": ("x-s2", "success")}])
+    monkeypatch.setattr(queue, "_tasks", lambda repo: next(states))
     started = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: started.append(cmd) or
-                        subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(dvcrun, "start_workers", lambda jobs, repo: started.append(jobs))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    hypotheses.run_queue(jobs=2, poll=0.0, repo=tmp_path)
-    assert started[0][-3:] == ["start", "-j", "2"]
+    queue.run_queue(jobs=2, poll=0.0, repo=tmp_path)
+    assert started == [2]
     (row,) = sweeplog.read(tmp_path / sweeplog.LOG)
     assert (row.jobs, row.threads, row.done) == (2, 1, 2)
+
+
+def test_a_sweeps_rounds_are_logged_per_code_version(tmp_path):
+    path = tmp_path / "sweep_rounds.tsv"
+    assert sweeplog.sequential_codes(path) == set()
+    sweeplog.add_round("abc", {"baseline": 2, "gelu": 2}, 4, path)
+    sweeplog.add_round("abc", {"baseline": 4, "gelu": 4}, 4, path)
+    sweeplog.add_round("def", {"baseline": 2}, 2, path)
+    rows = sweeplog.read_rounds(path)
+    assert [(r["code"], r["round"], r["seeds"]) for r in rows] == [
+        ("abc", "1", "baseline=2 gelu=2"), ("abc", "2", "baseline=4 gelu=4"),
+        ("def", "1", "baseline=2")]
+    assert sweeplog.sequential_codes(path) == {"abc", "def"}
+    path.write_text("code\tround\n")
+    with pytest.raises(UserError, match="sweep_rounds.tsv: not a rounds log"):
+        sweeplog.read_rounds(path)
 
 
 def test_the_report_states_the_sweeps_cost():
     from nmtlab.report import markdown
     rows = [sweeplog.Sitting("2026-01-01T10:00:00Z", "2026-01-01T12:30:00Z", 2, 1, 2, 20, 17000.0)]
-    md = markdown.render([], {}, 0, [], sweeplog.summary(rows))
+    md = markdown.render([], [], 0, [], sweeplog.summary(rows))
     assert "**Cost of the sweep.** The queue sweep ran in 1 sitting(s), 2.50 hours" in md
-    assert "Cost of the sweep" not in markdown.render([], {}, 0, [])
+    assert "Cost of the sweep" not in markdown.render([], [], 0, [])
 
 
-def test_queue_status_tries_a_failed_call_again(monkeypatch, tmp_path):
-    """One failed `dvc queue status` must not end a sweep's wait; three in a row do."""
-    ok = subprocess.CompletedProcess([], 0, "Task     Name    Created    Status\n"
-                                     "abc1234  x-s1    07:37 AM   Running\n"
-                                     "Worker status: 1 active, 0 idle\n", "")
+def test_reading_dvc_tries_a_failed_call_again(monkeypatch, tmp_path):
+    """One failed `dvc exp show` must not end a sweep's wait; three in a row do."""
+    ok = subprocess.CompletedProcess([], 0, '[{"rev": "workspace"}]', "")
     bad = subprocess.CompletedProcess([], 255, "", "ERROR: unexpected error\n"
                                       "Having any troubles? Hit us up\n")
     answers = [bad, ok]
-    monkeypatch.setattr(hypotheses, "_run", lambda cmd, cwd: answers.pop(0))
-    assert hypotheses.queue_status(tmp_path, pause=0.0) == ({"abc1234": ("x-s1", "Running")}, 1)
+    monkeypatch.setattr(dvcrun, "run", lambda args, repo: answers.pop(0))
+    assert dvcrun.exp_show(tmp_path, pause=0.0) == [{"rev": "workspace"}]
     answers[:] = [bad, bad, bad]
-    with pytest.raises(UserError, match="dvc queue status failed 3 times: Having any troubles"):
-        hypotheses.queue_status(tmp_path, pause=0.0)
+    with pytest.raises(UserError, match="dvc exp show --json --all-commits failed 3 times: "
+                                        "Having any troubles"):
+        dvcrun.exp_show(tmp_path, pause=0.0)

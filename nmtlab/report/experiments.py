@@ -1,11 +1,14 @@
 """What the report reads: DVC experiments, and the run records that outlive them.
 
-A run record (reports/runs/<name>.json, committed) keeps what the report needs of one
-finished run: its params and their diff against the commit it ran from, the training seed,
-the metrics (cost included), the epoch log, and per-sentence BLEU statistics of the val and
-test translations (not the translations). `collect` writes one per finished experiment that
-DVC knows; the report is then built from the records alone, so it can be rebuilt, and a
-sweep continued, on a fresh clone without the DVC cache or the experiment refs.
+A run record (reports/runs/<code version>/<name>.json, committed) keeps what the report
+needs of one finished run: its params and their diff against the commit it ran from, the
+training seed, the metrics (cost included), how it was produced (its provenance: device,
+dtype, torch version, code fingerprint, effective batch_tokens, a budget stop), the epoch
+log, and per-sentence BLEU statistics of the val and test translations (not the
+translations). `collect` writes one per finished experiment that DVC knows; the report is
+then built from the records alone, so it can be rebuilt, and a sweep continued, on a fresh
+clone without the DVC cache or the experiment refs. One folder per code version, so a
+sweep of new code (gelu-s1 again) leaves the records of the old one in place.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import json
 import logging
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +26,21 @@ import numpy as np
 from nmt import fsio, paths, trainlog
 from nmt.errors import UserError
 
+from ..hypotheses.catalogue import flatten
 from .significance import STATS, sentence_stats
 
 log = logging.getLogger("nmt.report")
 
 RECORDS = Path("reports") / "runs"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2 added "provenance"; format 1 records (flat in RECORDS) still load
 SPLITS = ("val", "test")
 CODE_PATHS = ("nmt", "stages", "dvc.yaml")  # what makes two commits' runs comparable
 SEED_KEY = "seed"  # the training seed: replicates differ in it alone
-REPLICATE_RE = re.compile(r"^(.+)-s\d+$")  # entry-sK, as `nmtlab hypotheses queue --seeds` names
+# How a run was produced: runs that differ in any of these are never pooled or paired. An
+# early stop by patience is part of the configuration (train.early_stopping_patience).
+PROVENANCE = ("device", "dtype", "torch", "code", "batch_tokens", "budget_stop")
+UNRECORDED = "not recorded"
+THREADS_RE = re.compile(r" \(\d+ threads?\)$")  # device names carry the thread count
 
 
 @dataclass
@@ -54,7 +61,8 @@ class Run:
     epochs_tsv: str = ""
     sentences: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, 6) STATS
     refs_sha256: dict[str, str] = field(default_factory=dict)
-    outputs_sha256: str = ""  # of the translations: the same run restored from the cache twice
+    outputs_sha256: str = ""  # of the translations (kept for reference; nothing dedupes by it)
+    recorded_provenance: dict[str, Any] = field(default_factory=dict)  # from its record
 
     @property
     def diff(self) -> dict[str, Any]:
@@ -69,15 +77,30 @@ class Run:
         """The params diff without the training seed: replicates share it."""
         return json.dumps({k: v for k, v in self.diff.items() if k != SEED_KEY}, sort_keys=True)
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.recorded_provenance or provenance(self.train, self.code)
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    @property
+    def identity(self) -> str:
+        """What makes two records the same run: code, provenance and every param (the seed
+        included). A commit's own run restored by an experiment of the same params is one."""
+        return json.dumps([self.code, self.provenance, self.params], sort_keys=True)
+
+
+def provenance(train: dict[str, Any], code: str) -> dict[str, Any]:
+    """PROVENANCE of a run from its train metrics: the device without the thread count
+    (threads change the rounding, not what is learned), bf16 or fp32, torch.__version__,
+    the train code's fingerprint (else `code`, the hash of the pipeline's code at the commit
+    it ran from), the effective batch_tokens (what `auto` chose) and whether the time
+    budget ended training. Fields the metrics do not have (older runs) are UNRECORDED."""
+    dtype = train.get("bf16")
+    return {"device": THREADS_RE.sub("", str(train.get("device", UNRECORDED))),
+            "dtype": UNRECORDED if dtype is None else "bf16" if dtype else "fp32",
+            "torch": str(train.get("torch", UNRECORDED)),
+            "code": str(train.get("code") or code or UNRECORDED),
+            "batch_tokens": train.get("batch_tokens", UNRECORDED),
+            "budget_stop": train.get("stopped_by") == "budget"}
 
 
 def params_diff(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
@@ -86,22 +109,7 @@ def params_diff(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
-def replicate_of(name: str) -> str:
-    """`gelu-s2` -> `gelu`; other names unchanged."""
-    m = REPLICATE_RE.match(name)
-    return m.group(1) if m else name
-
-
 # ---- DVC ---------------------------------------------------------------------------------
-def dvc_exp_show(repo: str = ".") -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
-                          capture_output=True, text=True, cwd=repo)
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        raise UserError(f"dvc exp show failed: {lines[-1] if lines else proc.returncode}")
-    return json.loads(proc.stdout)
-
-
 def parse_exp_show(rows: list[dict]) -> list[Run]:
     """Every commit with experiments (its own results included, when it has them) and every
     experiment, from `dvc exp show --json` output."""
@@ -203,6 +211,7 @@ def to_record(run: Run) -> dict[str, Any]:
         "params": run.params,
         "base_params": run.base_params,
         "metrics": {"train": run.train, "bleu": run.bleu},
+        "provenance": run.provenance,
         "outputs_sha256": run.outputs_sha256,
         "epochs_tsv": run.epochs_tsv,
         # sacreBLEU's statistics per sentence, one space-separated column per field
@@ -214,15 +223,20 @@ def to_record(run: Run) -> dict[str, Any]:
 
 
 def from_record(record: dict[str, Any], path: Path) -> Run:
-    if record.get("format") != RECORD_FORMAT:
+    """The run of a record; format 1 (before provenance) gets its provenance from its
+    metrics and code (provenance())."""
+    if record.get("format") not in (1, RECORD_FORMAT):
         raise UserError(f"{path}: record format {record.get('format')!r}, this report reads "
-                        f"{RECORD_FORMAT}")
+                        f"1 and {RECORD_FORMAT}")
     try:
         run = Run(name=record["name"], rev=record["experiment"], baseline_rev=record["baseline"],
                   params=record["params"], base_params=record["base_params"],
                   train=record["metrics"]["train"], bleu=record["metrics"]["bleu"],
                   timestamp=record["timestamp"], code=record["code"],
-                  epochs_tsv=record["epochs_tsv"], outputs_sha256=record["outputs_sha256"])
+                  epochs_tsv=record["epochs_tsv"], outputs_sha256=record["outputs_sha256"],
+                  recorded_provenance=record.get("provenance") or {})
+        if record["format"] == RECORD_FORMAT and set(run.recorded_provenance) != set(PROVENANCE):
+            raise KeyError("provenance")
         for split, cols in record["sentences"].items():
             run.sentences[split] = np.array([[int(v) for v in cols[name].split()]
                                              for name in STATS], dtype=np.int64).T
@@ -234,12 +248,15 @@ def from_record(record: dict[str, Any], path: Path) -> Run:
 
 
 def record_path(run: Run, folder: Path = RECORDS) -> Path:
-    return folder / f"{run.name}.json"
+    """folder/<code version>/<name>.json."""
+    return folder / run.code / f"{run.name}.json"
 
 
 def load_records(folder: Path = RECORDS) -> list[Run]:
+    """Every record under `folder` (one folder per code version; records directly in it,
+    as the first sweep wrote them, load too)."""
     runs = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*/*.json")]):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -252,31 +269,38 @@ def collect(runs: list[Run], repo: str = ".", folder: Path = RECORDS,
             code: str | None = None) -> list[Path]:
     """Write (or refresh) the record of every finished run in `runs` whose outputs DVC still
     has, only those run on `code` (a code_hash) when given; a commit's own results that an
-    experiment's record already holds (the same translations, restored from the cache) get
-    none. Returns the records written."""
+    experiment's record already holds (the same params and seed on the same code, restored
+    from the run cache) get none. Returns the records written."""
     written = []
-    known = {r.outputs_sha256 for r in load_records(folder)} if folder.is_dir() else set()
+    known = {(r.code, json.dumps(r.params, sort_keys=True))
+             for r in (load_records(folder) if folder.is_dir() else [])}
     # experiments first, so a commit whose results an experiment reproduced is the duplicate
     for run in sorted(runs, key=lambda r: (r.rev == r.baseline_rev, r.timestamp)):
         if run.state != "success":
             continue
-        path = record_path(run, folder)
-        if path.is_file():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if old.get("experiment") == run.rev and old.get("format") == RECORD_FORMAT:
-                continue  # this very run is recorded already
-            if old.get("timestamp", "") > run.timestamp:
-                continue  # a later run of the same name is recorded
         run.code = code_hash(run.baseline_rev, repo)
         if code is not None and run.code != code:
+            continue
+        if _recorded(record_path(run, folder), run):
+            continue
+        inputs = (run.code, json.dumps(run.params, sort_keys=True))
+        if run.rev == run.baseline_rev and inputs in known:
             continue
         read_outputs(run, repo)
         if run.state != "success":
             log.warning("%s: no record: %s", run.name, run.error)
             continue
-        if run.rev == run.baseline_rev and run.outputs_sha256 in known:
-            continue
-        known.add(run.outputs_sha256)
-        fsio.write_text(path, json.dumps(to_record(run), indent=1) + "\n")
-        written.append(path)
+        known.add(inputs)
+        fsio.write_text(record_path(run, folder), json.dumps(to_record(run), indent=1) + "\n")
+        written.append(record_path(run, folder))
     return written
+
+
+def _recorded(path: Path, run: Run) -> bool:
+    """Whether `path` already records this very run, or a later run of the same name."""
+    if not path.is_file():
+        return False
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old.get("experiment") == run.rev and old.get("format") == RECORD_FORMAT:
+        return True
+    return old.get("timestamp", "") > run.timestamp

@@ -12,58 +12,73 @@ import numpy as np  # noqa: E402
 from nmt import fsio, trainlog  # noqa: E402
 from nmt.plotting import line_plot  # noqa: E402
 
-from .compare import METRICS, Group  # noqa: E402
+from ..metrics import METRICS  # noqa: E402
+from .compare import SAME, Comparison, Group  # noqa: E402
+
+LABELS = {
+    "paired": "mean Δ, interval (seeds paired)",
+    "unpaired": "mean Δ, 95% interval (unpaired)",
+    "single run": "Δ, 95% interval (one run: test set only)",
+}
 
 
 def forest_plot(path: Path, group: Group, metric: str, dpi: int) -> bool:
-    """One row per hypothesis, sorted by Δ: the mean Δ with its 95% interval, a dot per
-    training seed, and the zero line. False (nothing written) when no arm has the metric."""
+    """One row per comparison (every arm against the baseline, and against its own reference
+    where that is another entry), sorted by Δ: the mean Δ with its interval, a dot per
+    training seed, the ±δ band and the zero line. False (nothing written) when no row has
+    the metric."""
     m = METRICS[metric]
-    rows = [(arm.name, group.tests[arm.name][metric]) for arm in group.arms]
-    rows = [(name, t) for name, t in rows if not np.isnan(t.delta)]
+    rows = [(label, tests[metric]) for label, tests in group.both
+            if not np.isnan(tests[metric].delta)]
     if not rows:
         return False
-    # best at the top: the largest gain for BLEU, the largest drop for a loss
-    rows.sort(key=lambda r: r[1].delta, reverse=m.higher_is_better)
+    rows.sort(key=lambda r: r[1].delta, reverse=m.higher_is_better)  # best at the top
     height = 1.8 + 0.42 * len(rows)
-    fig, ax = plt.subplots(figsize=(7.5, height))
+    fig, ax = plt.subplots(figsize=(9, height))
     ax.axvline(0, color="0.4", linewidth=1, linestyle="--", label="no difference")
-    for y, (_, t) in enumerate(rows):
-        dots = ax.scatter(t.seed_deltas, [y] * len(t.seed_deltas), s=14, color="tab:gray",
-                          alpha=0.7, zorder=2)
-        if not np.isnan(t.low):
-            style = dict(fmt="o", color="tab:blue" if t.kind == "pooled" else "tab:orange",
-                         capsize=3, zorder=3)
-            bar = ax.errorbar(t.delta, y, xerr=[[t.delta - t.low], [t.high - t.delta]], **style)
-            bar.set_label("mean Δ, 95% interval (seeds and sentences)" if t.kind == "pooled"
-                          and metric == "bleu" else "mean Δ, 95% interval (seeds)"
-                          if t.kind == "pooled" else "Δ, 95% interval (one run: test set only)")
-        else:
-            ax.scatter([t.delta], [y], marker="D", color="black", zorder=3,
-                       label="mean Δ (too few runs to test)")
-    dots.set_label("one training seed (minus the baseline mean)")
-    ax.set_yticks(range(len(rows)), [f"{name} (n={t.n_exp})" for name, t in rows])
+    for y, (_, c) in enumerate(rows):
+        _row(ax, y, c)
+    ax.set_yticks(range(len(rows)), [f"{label} (n={c.seeds})" for label, c in rows])
     ax.invert_yaxis()
     better = "right is better" if m.higher_is_better else "left is better"
-    ax.set_xlabel(f"Δ {m.label} against the baseline ({better})")
-    ax.set_ylabel("hypothesis (runs)")
-    ax.set_title(f"Δ {m.label} per hypothesis, baseline n={rows[0][1].n_base}")
+    ax.set_xlabel(f"Δ {m.label} against the reference\n({better})")
+    ax.set_ylabel("hypothesis (seeds)")
+    base = group.baseline
+    ax.set_title(f"Δ {m.label} per hypothesis\n(paired by seed; baseline n="
+                 f"{len(base.runs) if base else 0})")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), fontsize=7, loc="lower center", ncol=2,
                frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout(rect=(0, 0.5 / height, 1, 1))  # room for the legend below
+    fig.tight_layout(rect=(0, 0.7 / height, 1, 1))  # room for the legend below
     with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return True
 
 
+def _row(ax, y: int, c: Comparison) -> None:
+    ax.fill_betweenx([y - 0.35, y + 0.35], -c.margin, c.margin, color="tab:green", alpha=0.12,
+                     linewidth=0, label="±δ, the smallest effect worth knowing")
+    ax.scatter(c.seed_deltas, [y] * len(c.seed_deltas), s=14, color="tab:gray", alpha=0.7,
+               zorder=2, label="one training seed (its Δ)")
+    if c.kind == SAME:
+        ax.scatter([0], [y], marker="s", color="tab:purple", zorder=3,
+                   label="Δ exactly 0 in every seed (same training or best epoch)")
+    elif not np.isnan(c.low):
+        ax.errorbar(c.delta, y, xerr=[[c.delta - c.low], [c.high - c.delta]], fmt="o",
+                    color="tab:orange" if c.kind == "single run" else "tab:blue", capsize=3,
+                    zorder=3, label=LABELS[c.kind])
+    else:
+        ax.scatter([c.delta], [y], marker="D", color="black", zorder=3,
+                   label="mean Δ (too few runs to test)")
+
+
 def curves(path: Path, group: Group, column: str, ylabel: str, dpi: int) -> bool:
     """Each arm's per-epoch `column`, averaged over its seeds (epochs all its runs reached)."""
     series = {}
-    for arm in [a for a in [group.baseline] if a] + group.arms:
+    for arm in group.all_arms:
         logs = [trainlog.parse(r.epochs_tsv, f"{r.name}: epoch log")
                 for r in arm.runs if r.epochs_tsv]
         logs = [rows for rows in logs if rows]
@@ -71,8 +86,7 @@ def curves(path: Path, group: Group, column: str, ylabel: str, dpi: int) -> bool
             continue
         n = min(len(rows) for rows in logs)
         mean = np.mean([[row[column] for row in rows[:n]] for rows in logs], axis=0)
-        label = "baseline" if arm is group.baseline else arm.name
-        series[f"{label} (n={len(logs)})"] = ([r["epoch"] for r in logs[0][:n]], list(mean))
+        series[f"{arm.name} (n={len(logs)})"] = ([r["epoch"] for r in logs[0][:n]], list(mean))
     if not series:
         return False
     line_plot(path, series, title=f"{ylabel.capitalize()} per epoch, mean over seeds",
