@@ -71,6 +71,7 @@ class Trainer:
         self.model = Seq2SeqTransformer(cfg).to(self.device)
         if params.train.init_from:  # a fresh optimizer and schedule over these weights
             self.model.load_state_dict(checkpoints.load_init(params.train.init_from, cfg))
+        distributed.seed_rank(params.seed)  # ranks > 0: their own dropout masks
         self.features = self.model.features
         if params.train.compile:
             if self.device.type == "cpu":
@@ -83,6 +84,7 @@ class Trainer:
         self.progress = Progress(fingerprint=fp)
         self.optimizer = build_optimizer(params.optim, self.model, "main")
         self._resume()
+        self.local_features = self.features  # validation: this rank's share, no DDP
         self.ddp = distributed.wrap(self.model, self.device)  # after the resume: its weights
         if self.ddp is not None:
             self.features = torch.compile(self.ddp, dynamic=True) if params.train.compile \
@@ -109,23 +111,27 @@ class Trainer:
             self.optimizer = build_optimizer(self.p.optim, self.model, progress.phase)
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr.load_state_dict(state["schedule"])
-            resume.restore_rng(state["rng"])
+            resume.restore_rng(state["rng"], distributed.rank())
         self.progress = progress
         log.info("resuming from %s: epoch %d, batch %d, step %d", path,
                  progress.epoch, progress.batch_pos, progress.step)
 
     def save_state(self) -> None:
+        """Every rank calls it (each sends rank 0 its random state); rank 0 writes."""
+        rng = distributed.gather(resume.rng_state(), self.device)
         if not distributed.is_main():
             return
         resume.save(self.state_dir, self.progress, self.model, self.optimizer,
-                    self.lr.state_dict())
+                    self.lr.state_dict(), rng)
 
     # ---- the loop ------------------------------------------------------------------------
-    def loss_on(self, batch: Batch, epsilon: float) -> tuple[torch.Tensor, float]:
-        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass."""
+    def loss_on(self, batch: Batch, epsilon: float, features: Callable | None = None
+                ) -> tuple[torch.Tensor, float]:
+        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass
+        (through DDP unless `features` says otherwise)."""
         b = batch.to(self.device)
         with devices.autocast(self.device, self.bf16):
-            hidden = self.features(b.src, b.tgt_in)
+            hidden = (features or self.features)(b.src, b.tgt_in)
         loss_sum, nll_sum = self.model.kernels.loss_head(
             hidden, self.model.out_proj.weight, b.tgt_out, epsilon, self.cfg.pad_id,
             dtype=torch.bfloat16 if self.bf16 else torch.float32)
@@ -163,13 +169,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Validation cross-entropy per target token (never label-smoothed, so runs compare)."""
+        """Validation cross-entropy per target token (never label-smoothed, so runs compare).
+        Each rank validates its share of the batches; the sums are added up over ranks."""
         self.model.eval()
         nll = tokens = 0
-        for batch in self.val_batches:
-            nll += self.loss_on(batch, 0.0)[1]
+        for batch in distributed.rank_share(self.val_batches):
+            nll += self.loss_on(batch, 0.0, self.local_features)[1]
             tokens += batch.n_tgt_tokens
         self.model.train()
+        nll, tokens = distributed.totals([nll, tokens], self.device)
         return nll / max(tokens, 1)
 
     def run(self) -> Progress:
@@ -230,7 +238,7 @@ class Trainer:
                 bar.update(len(window))
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(pr.step):.2e}",
                                 tok_s=f"{pr.epoch_tokens / max(pr.epoch_seconds, 1e-9):.0f}")
-                if budget and distributed.any_rank(pr.wall_seconds >= budget, self.device):
+                if budget and distributed.main_says(pr.wall_seconds >= budget, self.device):
                     pr.stopped_by = "budget"
                     log.info("train.budget_minutes (%.1f) reached at step %d: stopping",
                              p.train.budget_minutes, pr.step)
@@ -299,19 +307,10 @@ class Trainer:
                  "%.1f minutes so far", pr.epoch, row["train_loss"], row["val_loss"],
                  "" if bleu is None else f", val BLEU {bleu:.2f}", row["lr"], row["seconds"],
                  row["tokens_per_s"], row["minutes"])
-        if self.lr.end_epoch(pr.epoch, val_loss):
-            log.info("plateau guard: validation loss stalled, lr scaled down")
-        if val_loss < pr.best_val_loss:
-            pr.best_val_loss, pr.best_epoch, pr.bad_epochs = val_loss, pr.epoch, 0
-        else:
-            pr.bad_epochs += 1
+        self._decide(val_loss)
         if distributed.is_main():
             resume.save_epoch_weights(self.state_dir, pr, self.cfg, self.model,
                                       p.train.keep_checkpoints, p.train.keep_best)
-        patience = p.train.early_stopping_patience
-        if patience and pr.bad_epochs >= patience and not pr.stopped_by:
-            pr.stopped_by = "early_stopping"
-            log.info("early stopping: no better validation loss for %d epochs", patience)
         if self.live:
             self.live.epoch(row, publish.metrics(self))
         pr.epoch += 1
@@ -319,6 +318,27 @@ class Trainer:
         pr.epoch_nll = pr.epoch_seconds = 0.0
         pr.epoch_tokens = 0
         self.save_state()
+
+
+    def _decide(self, val_loss: float) -> None:
+        """The plateau guard, the best epoch and early stopping, decided once, on rank 0,
+        and taken by every rank."""
+        pr = self.progress
+        if distributed.is_main():
+            if self.lr.end_epoch(pr.epoch, val_loss):
+                log.info("plateau guard: validation loss stalled, lr scaled down")
+            if val_loss < pr.best_val_loss:
+                pr.best_val_loss, pr.best_epoch, pr.bad_epochs = val_loss, pr.epoch, 0
+            else:
+                pr.bad_epochs += 1
+            patience = self.p.train.early_stopping_patience
+            if patience and pr.bad_epochs >= patience and not pr.stopped_by:
+                pr.stopped_by = "early_stopping"
+                log.info("early stopping: no better validation loss for %d epochs", patience)
+        guard, pr.best_val_loss, pr.best_epoch, pr.bad_epochs, pr.stopped_by = \
+            distributed.from_main((self.lr.state_dict(), pr.best_val_loss, pr.best_epoch,
+                                   pr.bad_epochs, pr.stopped_by), self.device)
+        self.lr.load_state_dict(guard)
 
 
 def seed_everything(seed: int) -> None:
