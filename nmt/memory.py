@@ -4,17 +4,26 @@
 each probed size that needs the most memory, on the device the run trains on, and
 keeps the largest size whose step fits in (1 - HEADROOM) of the memory available
 to it: on a GPU the free device memory plus what this process has cached, on the
-CPU the machine's available RAM, measured as the growth of the process's resident
-set. Sizes double from START_TOKENS; before each probe the next step's need is
-predicted from the last one (memory grows about linearly with batch tokens), so a
-probe that would exhaust RAM is never run; at the end one probe fills the gap
-towards the predicted limit.
+CPU the machine's available RAM. Both are taken before the probe's model exists,
+so a step's need counts everything the run will hold from that point: the
+weights, their gradients, the optimizer's state and the activations (the peak
+allocated on a GPU, the growth of the resident set on the CPU), plus, under
+torchrun, DistributedDataParallel's gradient buckets (one more copy of the
+gradients). Sizes double from START_TOKENS; before each probe the next step's
+need is predicted from the last one (memory grows about linearly with batch
+tokens), so a probe that would exhaust RAM is never run; at the end one probe
+fills the gap towards the predicted limit. Where a measurement has to fall back
+to a coarser one, it says so at warning level.
+
+The out-of-memory lines of training and translation name the setting to lower.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import resource
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,20 +102,56 @@ def search(need: Callable[[int], int], budget: int, cap: int,
 
 
 # ---- measuring one step on a real device -------------------------------------------------
-def _reset_cpu_peak() -> bool:
-    """Linux: reset the process's peak resident set (VmHWM) so the next read is this step's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+class CpuPeak:
+    """The process's peak resident set since the last `reset`: Linux's VmHWM, reset through
+    /proc/self/clear_refs. Where either is missing, the peak since the process started
+    (getrusage), which can only read high; each fallback logs one warning."""
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+
+    def _warn(self, what: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            log.warning("train.batch_tokens: auto: %s", what)
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError as e:
+            self._warn(f"cannot reset the peak resident set ({e.strerror or e}): each probe is "
+                       f"measured against the process's peak so far, which can only read high")
+
+    def read(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+            raise OSError("no VmHWM in /proc/self/status")
+        except OSError as e:
+            self._warn(f"no peak resident set to read ({e}): using the process's peak since "
+                       f"it started (getrusage), which can only read high")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes there, KiB here
 
 
-def _cpu_peak_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+def held_bytes(device: torch.device) -> int:
+    """What the process holds now: allocated GPU memory, or its resident set on the CPU.
+    A probe's need is its peak above this, taken before the probe's model exists."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def ddp_bucket_bytes(model: torch.nn.Module) -> int:
+    """What DistributedDataParallel adds under torchrun (WORLD_SIZE > 1): its buckets hold
+    one more copy of the gradients (0 on one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -121,13 +166,13 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
-              cpu_base: int) -> int:
-    """Bytes one training step on `batch` needs beyond what the process held before the
-    first probe (`cpu_base`, the resident set then; on a GPU, what is allocated now)."""
+def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device, base: int,
+              cpu_peak: CpuPeak) -> int:
+    """Bytes one training step on `batch` needs above `base`, what the process held before
+    the probe's model existed (`held_bytes`): the model, its gradients and optimizer state
+    count, as they will in the run."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         try:
             step(batch)
@@ -136,22 +181,22 @@ def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
             raise DoesNotFit from None
         finally:
             torch.cuda.empty_cache()
-        return torch.cuda.max_memory_allocated(device) - before
-    # The peak counts from the first probe's baseline: freed memory the allocator keeps
+        return torch.cuda.max_memory_allocated(device) - base
+    # The peak counts from the same baseline every time: freed memory the allocator keeps
     # would hide most of a later step's growth.
-    if not _reset_cpu_peak():
-        log.debug("cannot reset the peak RSS here: measuring against the process's peak")
+    cpu_peak.reset()
     try:
         step(batch)
     except MemoryError:
         raise DoesNotFit from None
-    return max(_cpu_peak_bytes() - cpu_base, 0)
+    return max(cpu_peak.read() - base, 0)
 
 
 def training_step(params: Params, cfg: ModelConfig, device: torch.device,
-                  bf16: bool) -> Callable[[Batch], None]:
+                  bf16: bool) -> tuple[Callable[[Batch], None], torch.nn.Module]:
     """One optimizer step of a fresh model as the trainer runs it (forward under autocast,
-    the model.kernels' loss head, backward, Adam's state), for probing only."""
+    the model.kernels' loss head, backward, the optimizer's state), for probing only; and
+    the model."""
     model = Seq2SeqTransformer(cfg).to(device)
     optimizer = build_optimizer(params.optim, model, "main")
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -167,22 +212,24 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
         (loss_sum / b.n_tgt_tokens).backward()
         optimizer.step()
 
-    return step
+    return step, model
 
 
 def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, bf16: bool,
                         src_ids: list[list[int]], tgt_ids: list[list[int]],
                         **special: int) -> int:
     """`train.batch_tokens: auto`: the largest batch (tokens) whose step fits, logged."""
-    import psutil
-
-    cpu_base = psutil.Process().memory_info().rss
+    base = held_bytes(device)  # before the probe's model: its weights and state count
     budget = int((1 - HEADROOM) * available_bytes(device))
-    step = training_step(params, cfg, device, bf16)
+    step, model = training_step(params, cfg, device, bf16)
+    buckets = ddp_bucket_bytes(model)
+    del model
     cap = sum(len(s) + len(t) + 2 for s, t in zip(src_ids, tgt_ids))
+    cpu_peak = CpuPeak()
 
     def need(tokens: int) -> int:
-        return step_need(step, hungriest(src_ids, tgt_ids, tokens, **special), device, cpu_base)
+        batch = hungriest(src_ids, tgt_ids, tokens, **special)
+        return step_need(step, batch, device, base, cpu_peak) + buckets
 
     tokens, probes = search(need, budget, cap)
     del step
@@ -211,7 +258,7 @@ def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: 
 
 
 @contextlib.contextmanager
-def out_of_memory_hint(batch_tokens: int, accum_steps: int, where: str) -> Iterator[None]:
+def out_of_memory_hint(batch_tokens: int, accum_steps: int, where: object) -> Iterator[None]:
     """Turn an out-of-memory error into one line naming the batch size and the next step."""
     try:
         yield
@@ -221,3 +268,22 @@ def out_of_memory_hint(batch_tokens: int, accum_steps: int, where: str) -> Itera
             f"train.batch_tokens={max(batch_tokens // 2, 16)} with "
             f"train.accum_steps={accum_steps * 2} (the same tokens per optimizer step), or "
             f"train.batch_tokens: auto") from None
+
+
+@contextlib.contextmanager
+def translate_out_of_memory_hint(batch_sentences: int, beam_size: int, ensemble: int,
+                                 where: object) -> Iterator[None]:
+    """Decoding's out-of-memory error as one line naming the setting to lower: the batch of
+    sentences (the same search, in smaller pieces), else the beam or the ensemble."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        smaller = [f"translate.{key}={value // 2}" for key, value in (
+            ("batch_sentences", batch_sentences), ("beam_size", beam_size),
+            ("ensemble", ensemble)) if value > 1]
+        raise UserError(
+            f"translate: out of memory on {where} at translate.batch_sentences="
+            f"{batch_sentences} with translate.beam_size={beam_size}"
+            f"{f' and translate.ensemble={ensemble}' if ensemble > 1 else ''}; "
+            + (f"try {smaller[0]}" + (f" (or {smaller[1]})" if len(smaller) > 1 else "")
+               if smaller else "nothing left to lower: free memory on the device")) from None

@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from nmt import device as devices, ensemble, fsio, paths
+from nmt import device as devices, ensemble, fsio, memory, paths
 from nmt.errors import UserError, main_entry
 from nmt.params import load
 from nmt.search import translate_all
@@ -39,8 +39,11 @@ def main() -> None:
     for split in SPLITS:
         lines = fsio.read_utf8_lines(paths.PREPARED / f"{split}.src", what=f"{split} sources")
         start = time.perf_counter()
-        ids = translate_all(model, tok.encode_src(lines), params.translate, bos=tok.bos_id,
-                            eos=tok.eos_id, pad=tok.pad_id, device=device, desc=split)
+        with memory.translate_out_of_memory_hint(params.translate.batch_sentences,
+                                                 params.translate.beam_size,
+                                                 params.translate.ensemble, device):
+            ids = translate_all(model, tok.encode_src(lines), params.translate, bos=tok.bos_id,
+                                eos=tok.eos_id, pad=tok.pad_id, device=device, desc=split)
         hyps[split] = tok.decode_tgt(ids)
         seconds = time.perf_counter() - start
         rate = len(lines) / seconds
