@@ -24,13 +24,14 @@ import logging
 import os
 import resource
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import device as devices
-from .batching import Batch, collate, group_by_tokens
+from .batching import Batch, Sentences, collate_rows, packing
 from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer
 from .optim import build_optimizer
@@ -216,7 +217,7 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
 
 
 def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, bf16: bool,
-                        src_ids: list[list[int]], tgt_ids: list[list[int]],
+                        src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                         **special: int) -> int:
     """`train.batch_tokens: auto`: the largest batch (tokens) whose step fits, logged."""
     base = held_bytes(device)  # before the probe's model: its weights and state count
@@ -224,7 +225,8 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
     step, model = training_step(params, cfg, device, bf16)
     buckets = ddp_bucket_bytes(model)
     del model
-    cap = sum(len(s) + len(t) + 2 for s, t in zip(src_ids, tgt_ids))
+    src_ids, tgt_ids = Sentences.of(src_ids), Sentences.of(tgt_ids)
+    cap = int(src_ids.lengths().sum() + tgt_ids.lengths().sum()) + 2 * len(src_ids)
     cpu_peak = CpuPeak()
 
     def need(tokens: int) -> int:
@@ -243,18 +245,18 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
     return tokens
 
 
-def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int,
-              pad: int, bos: int, eos: int) -> Batch:
+def hungriest(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+              batch_tokens: int, pad: int, bos: int, eos: int) -> Batch:
     """The batch of `batch_tokens` whose step needs the most memory: the most padded
-    positions, weighted by length (attention's share grows with it)."""
-    src_lens, tgt_lens = [len(s) + 1 for s in src_ids], [len(t) + 1 for t in tgt_ids]
-
-    def cost(group: list[int]) -> int:
-        s, t = max(src_lens[i] for i in group), max(tgt_lens[i] for i in group)
-        return len(group) * (s * s + t * t)
-
-    group = max(group_by_tokens(src_lens, tgt_lens, batch_tokens), key=cost)
-    return collate([(src_ids[i], tgt_ids[i]) for i in group], pad, bos, eos)
+    positions, weighted by length (attention's share grows with it); the first of equals."""
+    src, tgt = Sentences.of(src_ids), Sentences.of(tgt_ids)
+    src_lens, tgt_lens = src.lengths() + 1, tgt.lengths() + 1
+    order, bounds = packing(src_lens, tgt_lens, batch_tokens, seed=0)
+    starts = bounds[:-1]
+    longest_s = np.maximum.reduceat(src_lens[order], starts)
+    longest_t = np.maximum.reduceat(tgt_lens[order], starts)
+    i = int(np.argmax(np.diff(bounds) * (longest_s ** 2 + longest_t ** 2)))
+    return collate_rows(src, tgt, order[bounds[i]:bounds[i + 1]], pad, bos, eos)
 
 
 @contextlib.contextmanager

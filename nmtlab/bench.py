@@ -175,7 +175,7 @@ def bench_training(params: Params, tok: Tokenizers, src: list, tgt: list, device
                    steps: int, compile_: bool = False, setup: tuple | None = None) -> dict:
     cfg, bf16, batch_tokens = setup or train_setup(params, tok, src, tgt, device)
     special = dict(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
-    ours = make_batches(src, tgt, batch_tokens, seed=params.seed, **special)
+    ours = list(make_batches(src, tgt, batch_tokens, seed=params.seed, **special))
     random.Random(0).shuffle(ours)
     warmup = 3
     dtype = torch.bfloat16 if bf16 else torch.float32

@@ -17,7 +17,7 @@ log = logging.getLogger("nmt.bleu")
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="bleu")
     fsio.sweep_leftovers(paths.BLEU_METRICS.parent)
     result: dict = {}
     signatures: dict = {}

@@ -15,7 +15,7 @@ from nmt.plotting import line_plot
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="plots")
     fsio.sweep_leftovers(paths.FIGURES)
     name = os.environ.get("DVC_EXP_NAME", "workspace")
     epochs = trainlog.read(paths.TRAIN_LOG / trainlog.EPOCHS_FILE)

@@ -17,7 +17,7 @@ log = logging.getLogger("nmt")
 
 @errors.main_entry
 def main() -> None:
-    p = params.load()
+    p = params.load(stage="prepare")
     fsio.sweep_leftovers(paths.RAW, paths.PREPARED)
     corpus = normalise_corpus(load_corpus(p.data))
     train = corpus.splits["train"]

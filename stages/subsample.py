@@ -22,7 +22,7 @@ def draw(n: int, fraction: float, seed: int) -> list[int]:
 
 @errors.main_entry
 def main() -> None:
-    p = params.load()
+    p = params.load(stage="subsample")
     fsio.sweep_leftovers(paths.SUBSAMPLED)
     src = fsio.read_utf8_lines(paths.PREPARED / "train.src", "prepared training text")
     tgt = fsio.read_utf8_lines(paths.PREPARED / "train.tgt", "prepared training text")

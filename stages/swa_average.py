@@ -34,7 +34,7 @@ log = logging.getLogger("nmt.swa")
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="swa-average")
     fsio.sweep_leftovers(paths.MODEL)
     train_metrics = read_train_metrics()
     epochs_run = train_metrics["epochs"]

@@ -24,7 +24,7 @@ SPLITS = ("val", "test")
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="translate")
     fsio.sweep_leftovers(paths.TRANSLATIONS)
     device = devices.pick("auto")
     model, model_path = ensemble.load(Path("."), params.translate.ensemble, device)
