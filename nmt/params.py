@@ -75,10 +75,14 @@ class Tokenizer:
     model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
     shared: bool = True  # one SentencePiece model and vocabulary for both languages
     character_coverage: float = 1.0
+    # SentencePiece learns from a seeded sample of at most this many sentences per model
+    # (all of them when there are fewer); 0 = all, however many
+    input_sentence_size: int = 1_000_000
 
     def validate(self) -> None:
         _at_least("tokenizer.vocab_size", self.vocab_size, 16)
         _in_range("tokenizer.character_coverage", self.character_coverage, 0.9, 1.0)
+        _at_least("tokenizer.input_sentence_size", self.input_sentence_size, 0)
 
 
 @dataclass
