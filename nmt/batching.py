@@ -175,7 +175,7 @@ def padded(sentences: Sentences, rows: np.ndarray, pad: int, first: int | None =
            last: int | None = None) -> Tensor:
     """The sentences at `rows` as one (len(rows), longest + 1) long tensor: each one's ids,
     after `first` or before `last` (the one of the two given), then `pad`."""
-    lengths = sentences.lengths()[rows]
+    lengths = sentences.starts[rows + 1] - sentences.starts[rows]
     out = np.full((len(rows), int(lengths.max()) + 1), pad, dtype=np.int64)
     row_of = np.repeat(np.arange(len(rows)), lengths)
     col = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -189,8 +189,9 @@ def padded(sentences: Sentences, rows: np.ndarray, pad: int, first: int | None =
 def collate_rows(src: Sentences, tgt: Sentences, rows: np.ndarray, pad: int, bos: int,
                  eos: int) -> Batch:
     """The pairs at `rows` padded into one Batch: source + eos, bos + target, target + eos."""
+    n_tgt = int((tgt.starts[rows + 1] - tgt.starts[rows]).sum()) + len(rows)
     return Batch(padded(src, rows, pad, last=eos), padded(tgt, rows, pad, first=bos),
-                 padded(tgt, rows, pad, last=eos), int(tgt.lengths()[rows].sum()) + len(rows))
+                 padded(tgt, rows, pad, last=eos), n_tgt)
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad: int, bos: int, eos: int) -> Batch:

@@ -125,13 +125,13 @@ class Trainer:
                     self.lr.state_dict(), rng)
 
     # ---- the loop ------------------------------------------------------------------------
-    def loss_on(self, batch: Batch, epsilon: float, features: Callable | None = None
-                ) -> tuple[torch.Tensor, float]:
-        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass
-        (through DDP unless `features` says otherwise)."""
+    def loss_on(self, batch: Batch, epsilon: float) -> tuple[torch.Tensor, float]:
+        """(label-smoothed loss summed over tokens, summed NLL) of one batch: the forward pass.
+        Without gradients (validation) it bypasses DDP: no rank waits for another there."""
         b = batch.to(self.device)
+        features = self.features if torch.is_grad_enabled() else self.local_features
         with devices.autocast(self.device, self.bf16):
-            hidden = (features or self.features)(b.src, b.tgt_in)
+            hidden = features(b.src, b.tgt_in)
         loss_sum, nll_sum = self.model.kernels.loss_head(
             hidden, self.model.out_proj.weight, b.tgt_out, epsilon, self.cfg.pad_id,
             dtype=torch.bfloat16 if self.bf16 else torch.float32)
@@ -174,7 +174,7 @@ class Trainer:
         self.model.eval()
         nll = tokens = 0
         for batch in distributed.rank_share(self.val_batches):
-            nll += self.loss_on(batch, 0.0, self.local_features)[1]
+            nll += self.loss_on(batch, 0.0)[1]
             tokens += batch.n_tgt_tokens
         self.model.train()
         nll, tokens = distributed.totals([nll, tokens], self.device)
