@@ -319,7 +319,6 @@ class Trainer:
         pr.epoch_tokens = 0
         self.save_state()
 
-
     def _decide(self, val_loss: float) -> None:
         """The plateau guard, the best epoch and early stopping, decided once, on rank 0,
         and taken by every rank."""
