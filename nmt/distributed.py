@@ -5,7 +5,9 @@
 MASTER_PORT and NODE_RANK in each machine's environment). Each optimizer step takes a window
 of accum_steps x ranks batches; every rank trains on its share of the window and
 DistributedDataParallel averages the gradients, so the step equals one process
-summing the whole window's gradients (accum_steps x ranks batches). Every rank
+summing the whole window's gradients (accum_steps x ranks batches): bit for bit
+without dropout; with dropout, in distribution only, since each rank draws its own
+masks where one process draws them all from one stream. Every rank
 keeps the same progress; only rank 0 writes the state, the checkpoints, the logs
 and the metrics. NCCL on GPUs, gloo on the CPU.
 
@@ -41,7 +43,6 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
-
 import torch
 import torch.distributed as dist
 
@@ -262,8 +263,9 @@ def main_says(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def gather(obj: T, device: torch.device) -> list[T] | None:
-    """Every rank's `obj`, in rank order, on rank 0 (None on the others; pickled)."""
+def gather(obj: T) -> list[T] | None:
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others; pickled, through
+    the current device under NCCL)."""
     if world_size() == 1:
         return [obj]
     box = [None] * world_size() if is_main() else None

@@ -118,7 +118,7 @@ class Trainer:
 
     def save_state(self) -> None:
         """Every rank calls it (each sends rank 0 its random state); rank 0 writes."""
-        rng = distributed.gather(resume.rng_state(), self.device)
+        rng = distributed.gather(resume.rng_state())
         if not distributed.is_main():
             return
         resume.save(self.state_dir, self.progress, self.model, self.optimizer,

@@ -2,13 +2,14 @@
 an output of a stage that reads it, or docs/training.md names it (an override case that
 the stage reports, or a key that changes no output by design).
 
-One tiny project (200 synthetic pairs, 20 to validate and 20 to test, that a 1-layer 32-d model learns to translate in 12
-epochs, so decoding settings have sentences to act on) is built once; each key then gets
-its own value, and only the stages that read it (dvc.yaml's `params:`) run again, in this
-process (no interpreter or dvc start-up per key), on the baseline's inputs: the cheap
-groups (swa, translate, bleu, plots) on the trained project, each training key with one
-short retrain from scratch (3 epochs, compared with a 3-epoch run of the same params).
-Outputs are compared without their timings.
+One tiny project (200 synthetic pairs, 20 to validate and 20 to test, that a 1-layer
+32-d model learns to translate in 12 epochs, so decoding settings have sentences to act
+on) is built once; each key then gets its own value, and only the stages that read it
+(dvc.yaml's `params:`) run again, in this process (no interpreter or dvc start-up per
+key), on the baseline's inputs: the cheap groups (swa, translate, bleu, plots) on the
+trained project, each training key with one short retrain from scratch (3 epochs,
+compared with a 3-epoch run of the same params). Outputs are compared without their
+timings.
 
 A few keys take effect only when the run goes a certain way: early stopping and the
 plateau guard act when the validation loss stalls. They are walked in a context where
