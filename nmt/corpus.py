@@ -124,13 +124,13 @@ def normalise(line: str) -> str:
 
 
 def normalise_corpus(corpus: Corpus) -> Corpus:
-    """Every line of every split normalised; line counts and order unchanged."""
-    splits = {
-        name: Split([normalise(s) for s in split.src],
-                    None if split.tgt is None else [normalise(t) for t in split.tgt])
-        for name, split in corpus.splits.items()
-    }
-    return Corpus(corpus.name, corpus.src_lang, corpus.tgt_lang, splits)
+    """Every line of every split normalised, in place (each line replaced as it goes, so a
+    corpus of millions of lines is never held twice); line counts and order unchanged."""
+    for split in corpus.splits.values():
+        for lines in (split.src, split.tgt):
+            for i, line in enumerate(lines or ()):
+                lines[i] = normalise(line)
+    return corpus
 
 
 def filter_train(src: list[str], tgt: list[str], max_words: int,

@@ -5,20 +5,44 @@
 MASTER_PORT and NODE_RANK in each machine's environment). Each optimizer step takes a window
 of accum_steps x ranks batches; every rank trains on its share of the window and
 DistributedDataParallel averages the gradients, so the step equals one process
-summing the whole window's gradients (accum_steps x ranks batches). Every rank
+summing the whole window's gradients (accum_steps x ranks batches): bit for bit
+without dropout; with dropout, in distribution only, since each rank draws its own
+masks where one process draws them all from one stream. Every rank
 keeps the same progress; only rank 0 writes the state, the checkpoints, the logs
 and the metrics. NCCL on GPUs, gloo on the CPU.
+
+Random streams: rank 0 keeps the run's stream (the seed, then the model's
+initialisation), so one process draws exactly what it always drew; rank r > 0
+reseeds from (seed, r), so the ranks draw different dropout masks. Each rank's
+state is gathered to rank 0 into the one resume file and handed back to its rank
+on resume (nmt/resume.py).
+
+One decision for all: validation is split across the ranks and its sums added
+up (`totals`); rank 0 decides the time budget, the plateau guard and early
+stopping, and every rank takes its decision (`from_main`, `main_says`).
+
+No orphans: a rank dies with the torchrun agent that started it, and torchrun
+with the stage process that launched it, however they die (kill -9 included):
+Linux's parent-death signal, PR_SET_PDEATHSIG (`die_with_parent`).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import logging
 import os
+import random
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from typing import TypeVar
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -82,13 +106,73 @@ def launch(cmd: list[str], train: Train) -> None:
         held = devices.claim_gpus(train.nproc_per_node, gpus, devices.gpu_lock_dir())
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i] for i, _ in held)
     log.info("running the stage under torchrun: %s", " ".join(cmd))
-    sys.exit(subprocess.run(cmd, env=env).returncode)
+    # torchrun dies with this process (SIGTERM: it stops its ranks on the way out), so a
+    # kill -9 of the stage, or of dvc above it, leaves no training running on.
+    sys.exit(subprocess.run(cmd, env=env, preexec_fn=_parent_death_signal(signal.SIGTERM))
+             .returncode)
+
+
+# ---- no orphans ----------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+AGENT_NAMES = (b"torch.distributed.run", b"torchrun")  # how the agent's command line reads
+WATCH_SECONDS = 1.0
+
+
+def _parent_death_signal(sig: int) -> Callable[[], int] | None:
+    """A function that asks the kernel to send `sig` to the calling process when its parent
+    dies (Linux's PR_SET_PDEATHSIG; it survives exec) and returns 0 on success, for
+    subprocess's preexec_fn; None where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+
+    def set_signal() -> int:
+        return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return set_signal
+
+
+def die_with_parent() -> None:
+    """Under torchrun: this rank ends when the agent that started it ends, however it ends.
+
+    torchrun starts each rank in a session of its own, so a signal to the agent's process
+    group misses them, and a kill -9 of the agent leaves them training on. On Linux the
+    kernel sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG). The agent
+    starts its ranks from its main thread, which lives as long as the agent (the signal
+    follows the thread that forked). The agent may already have died before this call
+    (the rank then belongs to another reaper): the parent must still be the agent. Where
+    prctl is missing (not Linux) a thread watches the parent's id instead, every second."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # not started by torchrun's agent
+        return
+    parent = os.getppid()
+    setter = _parent_death_signal(signal.SIGKILL)
+    if setter is None or setter() != 0:
+        if setter is not None:
+            log.warning("rank %d: PR_SET_PDEATHSIG failed (errno %d): watching the agent's "
+                        "process id instead", rank(), ctypes.get_errno())
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                         name="watch-agent").start()
+        return
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    if not any(name in cmdline for name in AGENT_NAMES):
+        log.warning("rank %d: the torchrun agent that started it is gone: exiting", rank())
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init(device: torch.device) -> None:
     """Join the process group torchrun prepared; quiet the other ranks' logs."""
     if world_size() == 1 or dist.is_initialized():
         return
+    die_with_parent()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             device_id=device if device.type == "cuda" else None)
     if not is_main():
@@ -138,11 +222,61 @@ def accumulating(module: torch.nn.Module | None, last: bool) -> Iterator[None]:
 
 def total(value: float, device: torch.device) -> float:
     """The sum of `value` over all ranks (the window's loss from each rank's share)."""
+    return totals([value], device)[0]
+
+
+def totals(values: Sequence[float], device: torch.device) -> list[float]:
+    """Each of `values` summed over all ranks, in float64, in one all-reduce."""
     if world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item())
+    return t.tolist()
+
+
+def rank_share(items: Sequence[T]) -> Sequence[T]:
+    """This rank's part of a list all ranks hold (the validation batches): every
+    world_size-th item from its rank on; some ranks may get one item fewer, or none."""
+    return items[rank()::world_size()]
+
+
+def main_says(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank: a decision that stops the loop (the time budget,
+    by rank 0's clock) is taken once, and every rank stops at the same step."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def gather(obj: T) -> list[T] | None:
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others; pickled, through
+    the current device under NCCL)."""
+    if world_size() == 1:
+        return [obj]
+    box = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, box, dst=0)
+    return box
+
+
+# ---- random streams ------------------------------------------------------------------------
+def rank_seed(seed: int, r: int) -> int:
+    """The seed of rank r's random streams, from the run's seed and the rank (r > 0)."""
+    digest = hashlib.sha256(f"{seed}/rank {r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # what torch.manual_seed takes
+
+
+def seed_rank(seed: int) -> None:
+    """Give this rank its own random streams (Python, NumPy, torch on every device),
+    once the model is initialised. Rank 0 keeps the stream it has (seed, then the
+    model's initialisation): a one-process run draws what it always drew."""
+    if rank() == 0:
+        return
+    derived = rank_seed(seed, rank())
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived)
 
 
 def from_main(obj: T, device: torch.device) -> T:
@@ -161,13 +295,3 @@ def smallest(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when it is true on one: decisions that stop the loop (the time
-    budget) must be taken by all ranks together, or the others wait forever."""
-    if world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

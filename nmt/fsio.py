@@ -51,8 +51,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+LINES_PER_WRITE = 1 << 16
+
+
 def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
-    write_text(path, "".join(line + "\n" for line in lines))
+    """Each line and a newline, written a block of lines at a time: a file of millions of
+    lines never exists as one string in memory."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for i in range(0, len(lines), LINES_PER_WRITE):
+            f.write("".join(line + "\n" for line in lines[i:i + LINES_PER_WRITE]))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -4,24 +4,35 @@
 each probed size that needs the most memory, on the device the run trains on, and
 keeps the largest size whose step fits in (1 - HEADROOM) of the memory available
 to it: on a GPU the free device memory plus what this process has cached, on the
-CPU the machine's available RAM, measured as the growth of the process's resident
-set. Sizes double from START_TOKENS; before each probe the next step's need is
-predicted from the last one (memory grows about linearly with batch tokens), so a
-probe that would exhaust RAM is never run; at the end one probe fills the gap
-towards the predicted limit.
+CPU the machine's available RAM. Both are taken before the probe's model exists,
+so a step's need counts everything the run will hold from that point: the
+weights, their gradients, the optimizer's state and the activations (the peak
+allocated on a GPU, the growth of the resident set on the CPU), plus, under
+torchrun, DistributedDataParallel's gradient buckets (one more copy of the
+gradients). Sizes double from START_TOKENS; before each probe the next step's
+need is predicted from the last one (memory grows about linearly with batch
+tokens), so a probe that would exhaust RAM is never run; at the end one probe
+fills the gap towards the predicted limit. Where a measurement has to fall back
+to a coarser one, it says so at warning level.
+
+The out-of-memory line of training names the settings to change (translation's is in
+nmt/translation.py).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import resource
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import device as devices
-from .batching import Batch, collate, group_by_tokens
+from .batching import Batch, Sentences, collate_rows, packing
 from .errors import UserError
 from .model import ModelConfig, Seq2SeqTransformer
 from .optim import build_optimizer
@@ -94,20 +105,56 @@ def search(need: Callable[[int], int], budget: int, cap: int,
 
 
 # ---- measuring one step on a real device -------------------------------------------------
-def _reset_cpu_peak() -> bool:
-    """Linux: reset the process's peak resident set (VmHWM) so the next read is this step's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+class CpuPeak:
+    """The process's peak resident set since the last `reset`: Linux's VmHWM, reset through
+    /proc/self/clear_refs. Where either is missing, the peak since the process started
+    (getrusage), which can only read high; each fallback logs one warning."""
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+
+    def _warn(self, what: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            log.warning("train.batch_tokens: auto: %s", what)
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError as e:
+            self._warn(f"cannot reset the peak resident set ({e.strerror or e}): each probe is "
+                       f"measured against the process's peak so far, which can only read high")
+
+    def read(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+            raise OSError("no VmHWM in /proc/self/status")
+        except OSError as e:
+            self._warn(f"no peak resident set to read ({e}): using the process's peak since "
+                       f"it started (getrusage), which can only read high")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes there, KiB here
 
 
-def _cpu_peak_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+def held_bytes(device: torch.device) -> int:
+    """What the process holds now: allocated GPU memory, or its resident set on the CPU.
+    A probe's need is its peak above this, taken before the probe's model exists."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def ddp_bucket_bytes(model: torch.nn.Module) -> int:
+    """What DistributedDataParallel adds under torchrun (WORLD_SIZE > 1): its buckets hold
+    one more copy of the gradients (0 on one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -122,13 +169,13 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
-              cpu_base: int) -> int:
-    """Bytes one training step on `batch` needs beyond what the process held before the
-    first probe (`cpu_base`, the resident set then; on a GPU, what is allocated now)."""
+def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device, base: int,
+              cpu_peak: CpuPeak) -> int:
+    """Bytes one training step on `batch` needs above `base`, what the process held before
+    the probe's model existed (`held_bytes`): the model, its gradients and optimizer state
+    count, as they will in the run."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         try:
             step(batch)
@@ -137,22 +184,22 @@ def step_need(step: Callable[[Batch], None], batch: Batch, device: torch.device,
             raise DoesNotFit from None
         finally:
             torch.cuda.empty_cache()
-        return torch.cuda.max_memory_allocated(device) - before
-    # The peak counts from the first probe's baseline: freed memory the allocator keeps
+        return torch.cuda.max_memory_allocated(device) - base
+    # The peak counts from the same baseline every time: freed memory the allocator keeps
     # would hide most of a later step's growth.
-    if not _reset_cpu_peak():
-        log.debug("cannot reset the peak RSS here: measuring against the process's peak")
+    cpu_peak.reset()
     try:
         step(batch)
     except MemoryError:
         raise DoesNotFit from None
-    return max(_cpu_peak_bytes() - cpu_base, 0)
+    return max(cpu_peak.read() - base, 0)
 
 
 def training_step(params: Params, cfg: ModelConfig, device: torch.device,
-                  bf16: bool) -> Callable[[Batch], None]:
+                  bf16: bool) -> tuple[Callable[[Batch], None], torch.nn.Module]:
     """One optimizer step of a fresh model as the trainer runs it (the model's forward
-    with its loss under autocast, backward, Adam's state), for probing only."""
+    with its loss under autocast, backward, the optimizer's state), for probing only; and
+    the model."""
     model = Seq2SeqTransformer(cfg).to(device)
     optimizer = build_optimizer(params.optim, model)
 
@@ -165,22 +212,25 @@ def training_step(params: Params, cfg: ModelConfig, device: torch.device,
         (loss_sum / b.n_tgt_tokens).backward()
         optimizer.step()
 
-    return step
+    return step, model
 
 
 def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, bf16: bool,
-                        src_ids: list[list[int]], tgt_ids: list[list[int]],
+                        src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                         special: SpecialIds) -> int:
     """`train.batch_tokens: auto`: the largest batch (tokens) whose step fits, logged."""
-    import psutil
-
-    cpu_base = psutil.Process().memory_info().rss
+    base = held_bytes(device)  # before the probe's model: its weights and state count
     budget = int((1 - HEADROOM) * available_bytes(device))
-    step = training_step(params, cfg, device, bf16)
-    cap = sum(len(s) + len(t) + 2 for s, t in zip(src_ids, tgt_ids))
+    step, model = training_step(params, cfg, device, bf16)
+    buckets = ddp_bucket_bytes(model)
+    del model
+    src_ids, tgt_ids = Sentences.of(src_ids), Sentences.of(tgt_ids)
+    cap = int(src_ids.lengths().sum() + tgt_ids.lengths().sum()) + 2 * len(src_ids)
+    cpu_peak = CpuPeak()
 
     def need(tokens: int) -> int:
-        return step_need(step, hungriest(src_ids, tgt_ids, tokens, special), device, cpu_base)
+        batch = hungriest(src_ids, tgt_ids, tokens, special)
+        return step_need(step, batch, device, base, cpu_peak) + buckets
 
     tokens, probes = search(need, budget, cap)
     del step
@@ -194,22 +244,22 @@ def choose_batch_tokens(params: Params, cfg: ModelConfig, device: torch.device, 
     return tokens
 
 
-def hungriest(src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int,
-              special: SpecialIds) -> Batch:
+def hungriest(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+              batch_tokens: int, special: SpecialIds) -> Batch:
     """The batch of `batch_tokens` whose step needs the most memory: the most padded
-    positions, weighted by length (attention's share grows with it)."""
-    src_lens, tgt_lens = [len(s) + 1 for s in src_ids], [len(t) + 1 for t in tgt_ids]
-
-    def cost(group: list[int]) -> int:
-        s, t = max(src_lens[i] for i in group), max(tgt_lens[i] for i in group)
-        return len(group) * (s * s + t * t)
-
-    group = max(group_by_tokens(src_lens, tgt_lens, batch_tokens), key=cost)
-    return collate([(src_ids[i], tgt_ids[i]) for i in group], special)
+    positions, weighted by length (attention's share grows with it); the first of equals."""
+    src, tgt = Sentences.of(src_ids), Sentences.of(tgt_ids)
+    src_lens, tgt_lens = src.lengths() + 1, tgt.lengths() + 1
+    order, bounds = packing(src_lens, tgt_lens, batch_tokens, seed=0)
+    starts = bounds[:-1]
+    longest_s = np.maximum.reduceat(src_lens[order], starts)
+    longest_t = np.maximum.reduceat(tgt_lens[order], starts)
+    i = int(np.argmax(np.diff(bounds) * (longest_s ** 2 + longest_t ** 2)))
+    return collate_rows(src, tgt, order[bounds[i]:bounds[i + 1]], special)
 
 
 @contextlib.contextmanager
-def out_of_memory_hint(batch_tokens: int, accum_steps: int, where: str) -> Iterator[None]:
+def out_of_memory_hint(batch_tokens: int, accum_steps: int, where: object) -> Iterator[None]:
     """Turn an out-of-memory error into one line naming the batch size and the next step."""
     try:
         yield

@@ -4,14 +4,21 @@
 types and impossible values with one line that names the key, before any
 stage does expensive work. Every stage validates the whole file, so a bad
 `translate.beam_size` stops `train` too, not twenty minutes later.
+
+No setting is ignored without a word: where one setting makes another
+irrelevant (`overrides`, listed in docs/training.md), the run stops with one
+line naming both keys (two settings that choose the same thing two ways), or
+the stage that would have used it logs one warning naming both and which wins.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +30,7 @@ from .errors import UserError, check_choice
 from .settings import ModelSettings
 
 CORPUS_DIR = "corpus"  # a user's own corpus files (data.files) live here: prepare's DVC dep
+log = logging.getLogger("nmt.params")
 
 
 @dataclass
@@ -67,10 +75,14 @@ class Tokenizer:
     model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
     shared: bool = True  # one SentencePiece model and vocabulary for both languages
     character_coverage: float = 1.0
+    # SentencePiece learns from a seeded sample of at most this many sentences per model
+    # (all of them when there are fewer); 0 = all, however many
+    input_sentence_size: int = 1_000_000
 
     def validate(self) -> None:
         _at_least("tokenizer.vocab_size", self.vocab_size, 16)
         _in_range("tokenizer.character_coverage", self.character_coverage, 0.9, 1.0)
+        _at_least("tokenizer.input_sentence_size", self.input_sentence_size, 0)
 
 
 @dataclass
@@ -290,6 +302,9 @@ class Params:
             if n > n_kept:
                 raise UserError(f"{key}: {n} checkpoints, more than the {n_kept} that "
                                 f"{kept} keeps")
+        for case in overrides(self, {}):
+            if case.stop:
+                raise UserError(case.message)
 
     def group(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))
@@ -302,8 +317,9 @@ def swa_window(swa: Swa, epochs_run: int) -> int:
     return swa.last_epochs
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    """Read, type-check and validate params.yaml."""
+def load(path: str | Path = "params.yaml", stage: str | None = None) -> Params:
+    """Read, type-check and validate params.yaml. `stage`: the stage that reads it, which
+    logs the warnings of the overrides that concern it (`overrides`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: params file not found")
@@ -315,7 +331,207 @@ def load(path: str | Path = "params.yaml") -> Params:
         raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     params = from_dict(raw or {})
     params.validate()
+    # Said once: by rank 0 under torchrun, not by its other ranks, nor by the process that
+    # only launches torchrun (the ranks' environment is the one that counts).
+    launcher = params.train.nproc_per_node * params.train.nnodes > 1 and \
+        "LOCAL_RANK" not in os.environ
+    if stage and os.environ.get("RANK", "0") == "0" and not (stage == "train" and launcher):
+        for case in overrides(params):
+            if case.stage == stage:
+                log.warning(case.message)
     return params
+
+
+# ---- one setting making another irrelevant ---------------------------------------------------
+# Every case, by the name docs/training.md lists it under (a test checks the two agree).
+OVERRIDE_CASES = (
+    "swa-last-vs-best", "swa-epochs-vs-fraction", "swa-vs-ensemble",
+    "best-epochs-without-best-by", "gamma", "warmup", "min-lr", "plateau-factor",
+    "plateau-after-the-end", "momentum", "sgd-lr", "adam-settings-with-sgd",
+    "adamw-without-decay", "sgd-from-the-first-epoch", "early-stopping-after-the-end",
+    "keep-best-with-every-epoch-kept", "threads-vs-omp", "files-with-multi30k",
+    "vocab-size-with-char", "subsample-seed-keeping-all", "length-penalty-greedy",
+)
+
+
+@dataclass(frozen=True)
+class Override:
+    """A case where one setting makes another irrelevant: `keys[0]` has no effect because of
+    the others. A stop (two ways of choosing one thing) fails validation; a warning is
+    logged by `stage`, the stage that would have used the key."""
+
+    case: str  # its name in docs/training.md's list
+    keys: tuple[str, ...]
+    stage: str
+    stop: bool
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.case not in OVERRIDE_CASES:
+            raise ValueError(f"override case {self.case!r} is not in OVERRIDE_CASES")
+
+
+def _changed(p: Params, key: str) -> bool:
+    """Whether the key is set away from its default (a default that does nothing is no
+    choice the user made; warning about it would make every default run noisy)."""
+    group, name = key.split(".")
+    return getattr(getattr(p, group), name) != getattr(type(getattr(p, group))(), name)
+
+
+def _value(p: Params, key: str) -> Any:
+    group, name = key.split(".")
+    return getattr(getattr(p, group), name)
+
+
+def _unused(case: str, key: str, by: str, stage: str, why: str, p: Params) -> Override:
+    return Override(case, (key, by), stage, False,
+                    f"{key} ({_value(p, key)}) is not used: {why}")
+
+
+def _swa_chosen_twice(p: Params, env: Mapping[str, str]) -> list[Override]:
+    out = []
+    window = [k for k in ("swa.last_epochs", "swa.last_fraction") if _changed(p, k)]
+    if window and p.swa.best_by != "none":
+        out.append(Override("swa-last-vs-best", (window[0], "swa.best_by"), "swa-average", True,
+                            f"{window[0]}: {_value(p, window[0])} and swa.best_by: "
+                            f"{p.swa.best_by} both choose the epochs to average; set "
+                            f"swa.best_by: none to average the last epochs, or "
+                            f"{' and '.join(f'{k}: {_value(Params(), k)}' for k in window)} "
+                            f"to average the best"))
+    elif len(window) == 2:
+        out.append(Override("swa-epochs-vs-fraction", ("swa.last_epochs", "swa.last_fraction"),
+                            "swa-average", True,
+                            f"swa.last_epochs: {p.swa.last_epochs} and swa.last_fraction: "
+                            f"{p.swa.last_fraction} both set how many last epochs to average; "
+                            f"keep one (swa.last_epochs: 1, or swa.last_fraction: 0.0)"))
+    return out
+
+
+def _swa_settings(p: Params, env: Mapping[str, str]) -> list[Override]:
+    out = []
+    if p.translate.ensemble > 1:
+        for key in ("swa.last_epochs", "swa.last_fraction", "swa.best_epochs"):
+            if _changed(p, key):
+                out.append(_unused(
+                    "swa-vs-ensemble", key, "translate.ensemble", "translate",
+                    f"translate.ensemble ({p.translate.ensemble}) decodes with the "
+                    f"{p.translate.ensemble} checkpoints swa-average ranks first, not with the "
+                    f"average it makes (data/model/averaged.pt, which {key} still shapes)", p))
+    if p.swa.best_by == "none" and _changed(p, "swa.best_epochs"):
+        out.append(_unused("best-epochs-without-best-by", "swa.best_epochs", "swa.best_by",
+                           "swa-average", "swa.best_by is none, so the last epochs are averaged "
+                           "(swa.last_epochs); set swa.best_by to average the best", p))
+    return out
+
+
+def _schedule_settings(p: Params, env: Mapping[str, str]) -> list[Override]:
+    s, out = p.schedule, []
+    if s.name != "exponential" and _changed(p, "schedule.gamma"):
+        out.append(_unused("gamma", "schedule.gamma", "schedule.name", "train",
+                           f"it is the decay of schedule.name exponential, and schedule.name "
+                           f"is {s.name}", p))
+    if s.name in ("constant", "exponential") and _changed(p, "schedule.warmup_steps"):
+        out.append(_unused("warmup", "schedule.warmup_steps", "schedule.name", "train",
+                           f"schedule.name {s.name} has no warm-up (triangular, inverse_sqrt "
+                           f"and cosine have)", p))
+    if s.name not in ("triangular", "cosine") and _changed(p, "schedule.min_lr"):
+        out.append(_unused("min-lr", "schedule.min_lr", "schedule.name", "train",
+                           f"only triangular and cosine decay to it, and schedule.name is "
+                           f"{s.name}", p))
+    if s.plateau_patience == 0 and _changed(p, "schedule.plateau_factor"):
+        out.append(_unused("plateau-factor", "schedule.plateau_factor",
+                           "schedule.plateau_patience", "train",
+                           "schedule.plateau_patience is 0, so the plateau guard is off", p))
+    if 0 < s.plateau_patience and s.plateau_patience + 3 > p.train.epochs:
+        out.append(_unused("plateau-after-the-end", "schedule.plateau_patience", "train.epochs",
+                           "train", f"its first cut could come after epoch "
+                           f"{s.plateau_patience + 2} and act from the next, but train.epochs "
+                           f"is {p.train.epochs}", p))
+    return out
+
+
+def _optim_settings(p: Params, env: Mapping[str, str]) -> list[Override]:
+    o, out = p.optim, []
+    if o.name != "sgd" and o.sgd_from_epoch == 0 and _changed(p, "optim.momentum"):
+        out.append(_unused("momentum", "optim.momentum", "optim.name", "train",
+                           f"it is SGD's, and optim.name is {o.name} with optim.sgd_from_epoch "
+                           f"0 (no SGD phase)", p))
+    if o.sgd_from_epoch == 0 and _changed(p, "optim.sgd_lr"):
+        out.append(_unused("sgd-lr", "optim.sgd_lr", "optim.sgd_from_epoch", "train",
+                           "optim.sgd_from_epoch is 0, so there is no SGD phase (optim.name: "
+                           "sgd trains at optim.lr)", p))
+    if o.name == "sgd":
+        for key in ("optim.betas", "optim.eps"):
+            if _changed(p, key):
+                out.append(_unused("adam-settings-with-sgd", key, "optim.name", "train",
+                                   "optim.name is sgd, which has no betas or eps", p))
+    if o.name == "adamw" and o.weight_decay == 0:
+        out.append(Override("adamw-without-decay", ("optim.name", "optim.weight_decay"), "train",
+                            False, "optim.name adamw trains exactly as adam here: they differ "
+                            "only in how they apply optim.weight_decay, which is 0"))
+    if o.sgd_from_epoch == 1:
+        out.append(Override("sgd-from-the-first-epoch", ("optim.name", "optim.sgd_from_epoch"),
+                            "train", False, f"optim.name ({o.name}), optim.lr and the schedule's "
+                            f"curve (schedule.name {p.schedule.name}) are not used: "
+                            f"optim.sgd_from_epoch 1 trains every epoch with SGD at the "
+                            f"constant optim.sgd_lr"))
+    return out
+
+
+def _train_settings(p: Params, env: Mapping[str, str]) -> list[Override]:
+    t, out = p.train, []
+    if t.early_stopping_patience >= t.epochs:
+        out.append(_unused("early-stopping-after-the-end", "train.early_stopping_patience",
+                           "train.epochs", "train", f"it could stop training after epoch "
+                           f"{t.early_stopping_patience + 1} at the earliest, and train.epochs "
+                           f"is {t.epochs}", p))
+    if t.keep_checkpoints >= t.epochs and _changed(p, "train.keep_best"):
+        out.append(_unused("keep-best-with-every-epoch-kept", "train.keep_best",
+                           "train.keep_checkpoints", "train",
+                           f"train.keep_checkpoints ({t.keep_checkpoints}) keeps all "
+                           f"{t.epochs} epochs already", p))
+    omp = env.get("OMP_NUM_THREADS", "")
+    if t.num_threads > 0 and omp and omp != str(t.num_threads):
+        out.append(Override("threads-vs-omp", ("OMP_NUM_THREADS", "train.num_threads"), "train",
+                            False, f"OMP_NUM_THREADS={omp} is not used: train.num_threads "
+                            f"({t.num_threads}) sets torch's threads (0 leaves them to "
+                            f"OMP_NUM_THREADS)"))
+    return out
+
+
+def _data_settings(p: Params, env: Mapping[str, str]) -> list[Override]:
+    out = []
+    if p.data.corpus == "multi30k":
+        given = [f"data.files.{k}" for k, v in dataclasses.asdict(p.data.files).items() if v]
+        if given:
+            out.append(Override("files-with-multi30k", (given[0], "data.corpus"), "prepare",
+                                False, f"{', '.join(given)} not used: data.corpus is multi30k "
+                                f"(data.corpus: files reads them)"))
+    if p.tokenizer.model_type == "char" and _changed(p, "tokenizer.vocab_size"):
+        out.append(_unused("vocab-size-with-char", "tokenizer.vocab_size",
+                           "tokenizer.model_type", "prepare", "tokenizer.model_type char makes "
+                           "one piece per character of the training text, however many", p))
+    if p.subsample.fraction == 1.0 and _changed(p, "subsample.seed"):
+        out.append(_unused("subsample-seed-keeping-all", "subsample.seed", "subsample.fraction",
+                           "subsample", "subsample.fraction 1.0 keeps every pair, in order", p))
+    if p.translate.beam_size == 1 and _changed(p, "translate.length_penalty"):
+        out.append(_unused("length-penalty-greedy", "translate.length_penalty",
+                           "translate.beam_size", "translate",
+                           "translate.beam_size 1 is greedy search, which ranks no "
+                           "hypotheses", p))
+    return out
+
+
+OVERRIDE_CHECKS: tuple[Callable[[Params, Mapping[str, str]], list[Override]], ...] = (
+    _swa_chosen_twice, _swa_settings, _schedule_settings, _optim_settings, _train_settings,
+    _data_settings)
+
+
+def overrides(p: Params, env: Mapping[str, str] | None = None) -> list[Override]:
+    """Every case in `p` (and the environment `env`, default os.environ) where one setting
+    makes another irrelevant."""
+    env = os.environ if env is None else env
+    return [case for check in OVERRIDE_CHECKS for case in check(p, env)]
 
 
 def _refuse_duplicate_keys(node: yaml.Node | None, path: Path, prefix: str = "") -> None:

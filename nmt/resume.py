@@ -1,7 +1,7 @@
 """The resume state: what a run saves so that it can continue, and when it may.
 
-The full state (weights, optimizer, schedule, RNGs, the position in the
-epoch's batch order and the logs so far, `Progress`) is saved atomically at
+The full state (weights, optimizer, schedule, every rank's RNGs, the position in
+the epoch's batch order and the logs so far, `Progress`) is saved atomically at
 the end of each epoch, every `train.save_every_steps` optimizer steps and at a
 budget stop, in data/train/state: a folder DVC neither deletes before the
 stage runs nor caches (it is no declared output). The state before the newest
@@ -172,7 +172,9 @@ def restoring(path: Path, state_dir: Path) -> Iterator[None]:
 
 
 def save(state_dir: Path, progress: Progress, model: torch.nn.Module,
-         optimizer: torch.optim.Optimizer, schedule_state: dict) -> None:
+         optimizer: torch.optim.Optimizer, schedule_state: dict,
+         rng: list[dict[str, Any]]) -> None:
+    """The resume state; `rng`: each rank's `rng_state()`, in rank order."""
     path = state_dir / STATE_FILE
     if path.exists():  # the last good state becomes prev; state.pt exists at every moment
         with fsio.atomic_path(state_dir / PREV_STATE_FILE) as tmp:
@@ -186,7 +188,7 @@ def save(state_dir: Path, progress: Progress, model: torch.nn.Module,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule_state,
-        "rng": rng_state(),
+        "rng": rng,
     })
 
 
@@ -217,7 +219,8 @@ def clear(state_dir: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """RNG states as plain types and tensors, loadable with weights_only=True."""
+    """This process's RNG states as plain types and tensors, loadable with
+    weights_only=True (on CUDA, its current device's: each rank has its own GPU)."""
     py = random.getstate()
     np_state = np.random.get_state()
     state = {
@@ -226,15 +229,19 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(states: list[dict[str, Any]], rank: int) -> None:
+    """Rank `rank`'s RNG states from a saved state's list (one per rank)."""
+    if len(states) <= rank:
+        raise ValueError(f"random states of {len(states)} rank(s) saved, none for rank {rank}")
+    state = states[rank]
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])

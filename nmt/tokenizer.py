@@ -6,7 +6,12 @@ Ids are fixed: pad 0, unk 1, bos 2, eos 3.
 
 Training is deterministic: one thread (the learned pieces depend on the thread
 count, so more threads would give a different model on a bigger machine), and
-the input order is the corpus order. `vocab_size` is a hard limit: a value the
+the input order is the corpus order. A model learns from at most
+`tokenizer.input_sentence_size` sentences: on a bigger corpus, a sample drawn
+with a fixed seed (SAMPLE_SEED), in corpus order, as is common practice
+(SentencePiece's own option of that name; a million sentences is its authors'
+suggestion). Below the cap every sentence is used, unsampled, so the model is
+the one it was before the cap existed. `vocab_size` is a hard limit: a value the
 training text cannot fill is a user error that names the largest workable
 value, rather than a vocabulary silently smaller than params.yaml says.
 
@@ -17,7 +22,10 @@ differ from the references (e.g. '…' decoded as '...').
 from __future__ import annotations
 
 import io
+import logging
+import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +35,11 @@ from . import fsio, paths
 from .errors import UserError
 from .params import Tokenizer
 
+log = logging.getLogger("nmt")
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SAMPLE_SEED = 1234  # the draw of the sentences SentencePiece learns from, when there are more
+MEAN_CHUNK = 1 << 16  # sentences encoded at once to measure their mean length
 SHARED_MODEL = "spm.model"
 SRC_MODEL = "spm.src.model"
 TGT_MODEL = "spm.tgt.model"
@@ -89,11 +101,32 @@ def train_tokenizers(tok: Tokenizer, src_lines: list[str], tgt_lines: list[str],
     .vocab into `out_dir` and return them loaded."""
     out_dir = Path(out_dir)
     if tok.shared:
-        _save(_train(tok, src_lines + tgt_lines, "shared"), out_dir / SHARED_MODEL)
+        _save(_train(tok, sample(src_lines + tgt_lines, tok.input_sentence_size, "shared"),
+                     "shared"), out_dir / SHARED_MODEL)
     else:
-        _save(_train(tok, src_lines, "source"), out_dir / SRC_MODEL)
-        _save(_train(tok, tgt_lines, "target"), out_dir / TGT_MODEL)
+        _save(_train(tok, sample(src_lines, tok.input_sentence_size, "source"), "source"),
+              out_dir / SRC_MODEL)
+        _save(_train(tok, sample(tgt_lines, tok.input_sentence_size, "target"), "target"),
+              out_dir / TGT_MODEL)
     return Tokenizers.load(out_dir)
+
+
+def sample(lines: list[str], size: int, what: str) -> list[str]:
+    """At most `size` of `lines` (0: no limit), drawn with SAMPLE_SEED and kept in corpus
+    order; all of them, untouched, when there are no more than that."""
+    if not size or len(lines) <= size:
+        return lines
+    log.info("SentencePiece (%s) learns from %d of %d sentences (tokenizer.input_sentence_size, "
+             "seed %d)", what, size, len(lines), SAMPLE_SEED)
+    return [lines[i] for i in sorted(random.Random(SAMPLE_SEED).sample(range(len(lines)), size))]
+
+
+def mean_length(encode: Callable[[list[str]], list[list[int]]], lines: Sequence[str]) -> float:
+    """Mean pieces per line, rounded to 2 decimals, encoding a chunk at a time (a corpus of
+    millions of lines never exists as lists of ids at once)."""
+    total = sum(len(ids) for i in range(0, len(lines), MEAN_CHUNK)
+                for ids in encode(list(lines[i:i + MEAN_CHUNK])))
+    return round(total / max(1, len(lines)), 2)
 
 
 def _train(tok: Tokenizer, lines: list[str], what: str) -> bytes:

@@ -6,7 +6,11 @@ tokens give the same update as one batch of k*b tokens.
 
 Every forward pass, training and validation, is the model's own forward given the
 targets (`Seq2SeqTransformer.forward`), called through `self.forward`: the model
-itself, wrapped by DistributedDataParallel on several ranks, or compiled.
+itself, wrapped by DistributedDataParallel on several ranks, or compiled. Validation
+has no gradients to average: each rank validates its share of the batches through
+`self.local_forward` (the model, compiled or not, never DDP), and the sums are added
+up over the ranks; rank 0 takes the decisions that follow and every rank takes them
+(nmt/distributed.py).
 
 The loop saves its resume state (nmt/resume.py) at the end of each epoch,
 every `train.save_every_steps` optimizer steps and where a budget stops it;
@@ -24,6 +28,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,8 +55,8 @@ class NonFiniteLoss(UserError):
 
 
 class Trainer:
-    def __init__(self, params: Params, cfg: ModelConfig, train_batches: list[Batch],
-                 val_batches: list[Batch], state_dir: Path, fp: str, *,
+    def __init__(self, params: Params, cfg: ModelConfig, train_batches: Sequence[Batch],
+                 val_batches: Sequence[Batch], state_dir: Path, fp: str, *,
                  device: torch.device = torch.device("cpu"), live: LiveLog | None = None,
                  val_bleu: Callable[[torch.nn.Module], float] | None = None, code: str = ""):
         """`fp`: the resume fingerprint (resume.fingerprint); `device`: where to train, as
@@ -80,15 +85,19 @@ class Trainer:
         self.model = Seq2SeqTransformer(cfg).to(self.device)
         if params.train.init_from:  # a fresh optimizer and schedule over these weights
             self.model.load_state_dict(checkpoints.load_init(params.train.init_from, cfg))
+        distributed.seed_rank(params.seed)  # ranks > 0: their own dropout masks
         self.progress = Progress(fingerprint=fp)
         self.optimizer = build_optimizer(params.optim, self.model, self.phases.held_after(1, 0))
         self._resume()
         self.ddp = distributed.wrap(self.model, self.device)  # after the resume: its weights
-        # What the loop calls: the model, or DDP around it, compiled where train.compile asks.
-        self.forward: torch.nn.Module = self.model if self.ddp is None else self.ddp
+        # What the loop calls, compiled where train.compile asks: for training the model, or
+        # DDP around it; for validation (each rank its own share, no gradients to average)
+        # the model itself.
         if params.train.compile:
             check_compiler(self.device)
-            self.forward = torch.compile(self.forward, dynamic=True)
+        self.local_forward = compiled(self.model, params.train.compile)
+        self.forward = self.local_forward if self.ddp is None else \
+            compiled(self.ddp, params.train.compile)
 
     # ---- state ---------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -112,24 +121,28 @@ class Trainer:
             self.optimizer = build_optimizer(self.p.optim, self.model, held)
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr.load_state_dict(state["schedule"])
-            resume.restore_rng(state["rng"])
+            resume.restore_rng(state["rng"], distributed.rank())
         self.progress = progress
         log.info("resuming from %s: epoch %d, batch %d, step %d", path,
                  progress.epoch, progress.batch_pos, progress.step)
 
     def save_state(self) -> None:
+        """Every rank calls it (each sends rank 0 its random state); rank 0 writes."""
+        rng = distributed.gather(resume.rng_state())
         if not distributed.is_main():
             return
         resume.save(self.state_dir, self.progress, self.model, self.optimizer,
-                    self.lr.state_dict())
+                    self.lr.state_dict(), rng)
 
     # ---- the loop ------------------------------------------------------------------------
     def loss_on(self, batch: Batch, epsilon: float) -> tuple[torch.Tensor, float]:
         """(label-smoothed loss summed over tokens, summed NLL) of one batch: the model's
-        forward given the targets, under autocast where the run trains in bf16."""
+        forward given the targets, under autocast where the run trains in bf16. Without
+        gradients (validation) it bypasses DDP: no rank waits for another there."""
         b = batch.to(self.device)
+        forward = self.forward if torch.is_grad_enabled() else self.local_forward
         with devices.autocast(self.device, self.bf16):
-            loss_sum, nll_sum = self.forward(b.src, b.tgt_in, b.tgt_out, label_smoothing=epsilon)
+            loss_sum, nll_sum = forward(b.src, b.tgt_in, b.tgt_out, label_smoothing=epsilon)
         return loss_sum, float(nll_sum)
 
     def train_step(self, window: list[Batch]) -> float:
@@ -164,13 +177,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Validation cross-entropy per target token (never label-smoothed, so runs compare)."""
+        """Validation cross-entropy per target token (never label-smoothed, so runs compare).
+        Each rank validates its share of the batches; the sums are added up over ranks."""
         self.model.eval()
         nll = tokens = 0
-        for batch in self.val_batches:
+        for batch in distributed.rank_share(self.val_batches):
             nll += self.loss_on(batch, 0.0)[1]
             tokens += batch.n_tgt_tokens
         self.model.train()
+        nll, tokens = distributed.totals([nll, tokens], self.device)
         return nll / max(tokens, 1)
 
     def run(self) -> Progress:
@@ -243,7 +258,7 @@ class Trainer:
             bar.update(len(window))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(pr.step):.2e}",
                             tok_s=f"{pr.epoch_tokens / max(pr.epoch_seconds, 1e-9):.0f}")
-            if budget and distributed.any_rank(pr.wall_seconds >= budget, self.device):
+            if budget and distributed.main_says(pr.wall_seconds >= budget, self.device):
                 pr.stopped_by = "budget"
                 log.info("train.budget_minutes (%.1f) reached at step %d: stopping",
                          p.train.budget_minutes, pr.step)
@@ -304,19 +319,10 @@ class Trainer:
                  "%.1f minutes so far", pr.epoch, row["train_loss"], row["val_loss"],
                  "" if bleu is None else f", val BLEU {bleu:.2f}", row["lr"], row["seconds"],
                  row["tokens_per_s"], row["minutes"])
-        if self.lr.end_epoch(pr.epoch, val_loss):
-            log.info("plateau guard: validation loss stalled, lr scaled down")
-        if val_loss < pr.best_val_loss:
-            pr.best_val_loss, pr.best_epoch, pr.bad_epochs = val_loss, pr.epoch, 0
-        else:
-            pr.bad_epochs += 1
+        self._decide(val_loss)
         if distributed.is_main():
             resume.save_epoch_weights(self.state_dir, pr, self.cfg, self.model,
                                       p.train.keep_checkpoints, p.train.keep_best)
-        patience = p.train.early_stopping_patience
-        if patience and pr.bad_epochs >= patience and not pr.stopped_by:
-            pr.stopped_by = "early_stopping"
-            log.info("early stopping: no better validation loss for %d epochs", patience)
         if self.live:
             self.live.epoch(row, self.metrics())
         pr.epoch += 1
@@ -324,6 +330,26 @@ class Trainer:
         pr.epoch_nll = pr.epoch_seconds = 0.0
         pr.epoch_tokens = 0
         self.save_state()
+
+    def _decide(self, val_loss: float) -> None:
+        """The plateau guard, the best epoch and early stopping, decided once, on rank 0,
+        and taken by every rank."""
+        pr = self.progress
+        if distributed.is_main():
+            if self.lr.end_epoch(pr.epoch, val_loss):
+                log.info("plateau guard: validation loss stalled, lr scaled down")
+            if val_loss < pr.best_val_loss:
+                pr.best_val_loss, pr.best_epoch, pr.bad_epochs = val_loss, pr.epoch, 0
+            else:
+                pr.bad_epochs += 1
+            patience = self.p.train.early_stopping_patience
+            if patience and pr.bad_epochs >= patience and not pr.stopped_by:
+                pr.stopped_by = "early_stopping"
+                log.info("early stopping: no better validation loss for %d epochs", patience)
+        guard, pr.best_val_loss, pr.best_epoch, pr.bad_epochs, pr.stopped_by = \
+            distributed.from_main((self.lr.state_dict(), pr.best_val_loss, pr.best_epoch,
+                                   pr.bad_epochs, pr.stopped_by), self.device)
+        self.lr.load_state_dict(guard)
 
     def metrics(self) -> dict[str, Any]:
         """data/train/metrics.json: the run's results so far, what it cost, and what made
@@ -359,6 +385,12 @@ class Trainer:
             "torch": torch.__version__,
             "code": self.code,
         }
+
+
+def compiled(module: torch.nn.Module, compile_: bool) -> torch.nn.Module:
+    """`module` compiled (dynamic shapes: every batch has its own) when `compile_`, else
+    itself."""
+    return torch.compile(module, dynamic=True) if compile_ else module
 
 
 def check_compiler(device: torch.device) -> None:

@@ -4,8 +4,9 @@
 the tokenizers and model config, the encoded pairs (training pairs longer than the
 model's positions cut), `train.batch_tokens: auto`'s memory probe, the batches, the
 schedule's check, the files the resume fingerprint hashes and the validation-BLEU
-function. `train` builds the Trainer from it and trains, resuming a saved state
-whose fingerprint matches.
+function. Its data steps (`model_config`, `encoded_pairs`, `batched`) are also what
+scripts/bench_scale.py and scripts/bench_validation.py run. `train` builds the Trainer
+from it and trains, resuming a saved state whose fingerprint matches.
 """
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ from typing import Callable
 import torch
 
 from . import device as devices, distributed, fsio, memory, paths
-from .batching import Batch, encode_pairs, fit_positions, make_batches, padding_fraction
+from .batching import (Batches, Sentences, encode_pairs, fit_positions, make_batches,
+                       padding_fraction)
 from .model import ModelConfig
 from .params import Params, Translate
 from .resume import code_hash, fingerprint, stage_code_files
 from .schedules import check as check_schedule
 from .search import greedy_bleu
-from .tokenizer import Tokenizers
+from .tokenizer import SpecialIds, Tokenizers
 from .trainer import Trainer
 from .trainlog import LiveLog
 
 log = logging.getLogger("nmt.train")
 
-Pairs = tuple[list[list[int]], list[list[int]]]  # (source ids, target ids)
+Pairs = tuple[Sentences, Sentences]  # (source ids, target ids), held compactly
 
 
 @dataclass
@@ -40,8 +42,8 @@ class TrainingSetup:
     tok: Tokenizers
     cfg: ModelConfig
     train_pairs: Pairs  # encoded, those longer than the model's positions left out
-    train_batches: list[Batch]
-    val_batches: list[Batch]
+    train_batches: Batches  # padded when the loop asks for one
+    val_batches: Batches
     fingerprint: str  # resume.fingerprint of the params, data and code
     code: str  # resume.code_hash of the train stage's code
     val_bleu: Callable[[torch.nn.Module], float] | None  # with train.val_bleu
@@ -58,27 +60,46 @@ def setup(params: Params, train_files: tuple[Path, Path] = (
     device = devices.pick(params.train.device)  # the one choice; fails fast without CUDA
     distributed.init(device)
     tok = Tokenizers.load(paths.PREPARED)
-    cfg = ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
-                                  tok.shared, tok.special.pad)
-    val_src, val_tgt = encode_pairs(tok, paths.PREPARED / "val.src", paths.PREPARED / "val.tgt")
-    train_src, train_tgt = fit_positions(encode_pairs(tok, *train_files), (val_src, val_tgt),
-                                         paths.PREPARED / "val.src", cfg.max_positions - 1)
+    cfg = model_config(params, tok)
+    train, val = encoded_pairs(tok, cfg, train_files)
     if params.train.batch_tokens == "auto":
         params.train.batch_tokens = distributed.smallest(memory.choose_batch_tokens(
-            params, cfg, device, devices.use_bf16(params.train.amp, device), train_src,
-            train_tgt, tok.special), device)
-    train_batches = make_batches(train_src, train_tgt, params.train.batch_tokens, tok.special,
-                                 seed=params.seed)
-    val_batches = make_batches(val_src, val_tgt, params.train.batch_tokens, tok.special)
+            params, cfg, device, devices.use_bf16(params.train.amp, device), *train,
+            tok.special), device)
+    train_batches, val_batches = batched(params, tok.special, train, val)
     _check_steps(params, len(train_batches))
     log.info("%d training pairs in %d batches (%.1f%% padding), %d validation pairs on %s",
-             len(train_src), len(train_batches),
-             100 * padding_fraction(train_batches, tok.special.pad), len(val_src), device)
+             len(train[0]), len(train_batches),
+             100 * padding_fraction(train_batches, tok.special.pad), len(val[0]), device)
     code_files = stage_code_files("train")
     return TrainingSetup(
-        device, tok, cfg, (train_src, train_tgt), train_batches, val_batches,
+        device, tok, cfg, train, train_batches, val_batches,
         fingerprint(params, _data_files(params, train_files), code_files), code_hash(code_files),
-        _val_bleu(tok, val_src, device) if params.train.val_bleu else None)
+        _val_bleu(tok, val[0], device) if params.train.val_bleu else None)
+
+
+def model_config(params: Params, tok: Tokenizers) -> ModelConfig:
+    """The `model` params completed by what the tokenizers fix (vocabularies, padding id)."""
+    return ModelConfig.from_params(params.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                   tok.shared, tok.special.pad)
+
+
+def encoded_pairs(tok: Tokenizers, cfg: ModelConfig, train_files: tuple[Path, Path]
+                  ) -> tuple[Pairs, Pairs]:
+    """(training pairs, validation pairs) encoded, held compactly; the training pairs
+    longer than the model's positions left out (a validation pair that long is an error)."""
+    val = encode_pairs(tok, paths.PREPARED / "val.src", paths.PREPARED / "val.tgt")
+    train = fit_positions(encode_pairs(tok, *train_files), val, paths.PREPARED / "val.src",
+                          cfg.max_positions - 1)
+    return train, val
+
+
+def batched(params: Params, special: SpecialIds, train: Pairs, val: Pairs
+            ) -> tuple[Batches, Batches]:
+    """The training batches (grouped with the run's seed) and the validation batches, of
+    train.batch_tokens (a number by now: `auto` is resolved before)."""
+    return (make_batches(*train, params.train.batch_tokens, special, seed=params.seed),
+            make_batches(*val, params.train.batch_tokens, special))
 
 
 def _check_steps(params: Params, n_batches: int) -> None:
@@ -98,7 +119,7 @@ def _data_files(params: Params, train_files: tuple[Path, Path]) -> list[Path]:
     return files + ([Path(params.train.init_from)] if params.train.init_from else [])
 
 
-def _val_bleu(tok: Tokenizers, val_src: list[list[int]], device: torch.device
+def _val_bleu(tok: Tokenizers, val_src: Sentences, device: torch.device
               ) -> Callable[[torch.nn.Module], float]:
     """Greedy validation BLEU of a model, with the translate params' defaults rather than
     this run's: a change to the translate group must not retrain (dvc.yaml's train

@@ -25,6 +25,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -231,8 +232,8 @@ def bench_plain(params: Params, run: training.TrainingSetup, steps: int, tokens:
             "plain_padding": round(padding_fraction(timed, run.tok.special.pad), 4)}
 
 
-def bench_sustained(params: Params, cfg: ModelConfig, batches: list[Batch], device: torch.device,
-                    steps: int, window: int = 100) -> dict:
+def bench_sustained(params: Params, cfg: ModelConfig, batches: Sequence[Batch],
+                    device: torch.device, steps: int, window: int = 100) -> dict:
     """Training speed over a long run: `steps` train steps on `batches` (the train stage's,
     of all the given pairs), in the trainer's shuffled epoch orders, one process from a
     fresh model.

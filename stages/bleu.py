@@ -13,7 +13,7 @@ from nmt.scoring import score_splits
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="bleu")
     fsio.sweep_leftovers(paths.BLEU_METRICS.parent)
     result, signatures = score_splits(("val", "test"), paths.TRANSLATIONS, paths.PREPARED,
                                       params.bleu.tokenize, params.bleu.lowercase)

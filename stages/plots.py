@@ -15,7 +15,7 @@ from nmt.plotting import training_figures
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="plots")
     fsio.sweep_leftovers(paths.FIGURES)
     epochs = trainlog.read(paths.TRAIN_LOG / trainlog.EPOCHS_FILE)
     steps = trainlog.read(paths.TRAIN_LOG / trainlog.STEPS_FILE)

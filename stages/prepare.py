@@ -10,14 +10,14 @@ from typing import Any
 
 from nmt import errors, fsio, params, paths
 from nmt.corpus import Corpus, Split, filter_train, load_corpus, normalise_corpus
-from nmt.tokenizer import Tokenizers, train_tokenizers
+from nmt.tokenizer import Tokenizers, mean_length, train_tokenizers
 
 log = logging.getLogger("nmt")
 
 
 @errors.main_entry
 def main() -> None:
-    p = params.load()
+    p = params.load(stage="prepare")
     fsio.sweep_leftovers(paths.RAW, paths.PREPARED)
     corpus = normalise_corpus(load_corpus(p.data))
     train = corpus.splits["train"]
@@ -48,9 +48,9 @@ def _stats(corpus: Corpus, splits: dict[str, Split], train_read: int,
            tok: params.Tokenizer) -> dict[str, Any]:
     mean_tokens = {}
     for name, split in splits.items():
-        mean_tokens[name] = {"src": _mean_len(tokenizers.encode_src(split.src))}
+        mean_tokens[name] = {"src": mean_length(tokenizers.encode_src, split.src)}
         if split.tgt is not None:
-            mean_tokens[name]["tgt"] = _mean_len(tokenizers.encode_tgt(split.tgt))
+            mean_tokens[name]["tgt"] = mean_length(tokenizers.encode_tgt, split.tgt)
     return {
         "corpus": corpus.name,
         "src_lang": corpus.src_lang,
@@ -67,10 +67,6 @@ def _stats(corpus: Corpus, splits: dict[str, Split], train_read: int,
         },
         "mean_tokens": mean_tokens,
     }
-
-
-def _mean_len(ids: list[list[int]]) -> float:
-    return round(sum(map(len, ids)) / max(1, len(ids)), 2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ log = logging.getLogger("nmt")
 
 @errors.main_entry
 def main() -> None:
-    p = params.load()
+    p = params.load(stage="subsample")
     fsio.sweep_leftovers(paths.SUBSAMPLED)
     src, tgt, stats = subsample(paths.PREPARED, p.subsample)
     with fsio.atomic_dir(paths.SUBSAMPLED) as out:

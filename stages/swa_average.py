@@ -26,7 +26,7 @@ from nmt.params import load
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="swa-average")
     fsio.sweep_leftovers(paths.MODEL)
     averaged = swa_average(params)
     with fsio.atomic_dir(paths.MODEL) as tmp:

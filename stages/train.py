@@ -17,7 +17,7 @@ log = logging.getLogger("nmt.train")
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="train")
     if cmd := distributed.launch_command(params.train, "stages.train"):
         distributed.launch(cmd, params.train)  # this stage again, once per rank, under torchrun
     trainer = training.train(params)

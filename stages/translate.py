@@ -17,7 +17,7 @@ SPLITS = ("val", "test")
 
 @main_entry
 def main() -> None:
-    params = load()
+    params = load(stage="translate")
     fsio.sweep_leftovers(paths.TRANSLATIONS)
     hyps, stats = translate_splits(params.translate, devices.pick("auto"), SPLITS)
     with fsio.atomic_dir(paths.TRANSLATIONS) as out:

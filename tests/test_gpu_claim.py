@@ -79,7 +79,7 @@ def test_torchrun_gets_the_free_gpus_of_the_machine(monkeypatch, tmp_path):
     other = hold(tmp_path, "0")
     seen = {}
 
-    def run(cmd, env):
+    def run(cmd, env, **_):
         seen.update(cmd=cmd, gpus=env["CUDA_VISIBLE_DEVICES"])
         return subprocess.CompletedProcess(cmd, 0)
 

@@ -7,7 +7,7 @@ import pytest
 
 from nmt.errors import UserError
 from nmt.params import Tokenizer
-from nmt.tokenizer import SpecialIds, Tokenizers, train_tokenizers
+from nmt.tokenizer import SpecialIds, Tokenizers, mean_length, sample, train_tokenizers
 
 
 @pytest.fixture
@@ -99,3 +99,33 @@ def test_load_without_model_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="no SentencePiece model"):
         Tokenizers.load(tmp_path)
 
+
+
+def test_a_corpus_over_the_cap_is_sampled_seeded_in_corpus_order(caplog):
+    lines = [f"sentence {i}" for i in range(1000)]
+    with caplog.at_level("INFO", logger="nmt"):
+        drawn = sample(lines, 100, "shared")
+    assert len(drawn) == 100 and drawn == sample(lines, 100, "shared")
+    assert drawn == sorted(drawn, key=lambda line: int(line.split()[1]))  # corpus order
+    assert "learns from 100 of 1000 sentences (tokenizer.input_sentence_size" in caplog.text
+    assert sample(lines, 1000, "shared") is lines and sample(lines, 0, "shared") is lines
+
+
+def test_under_the_cap_the_model_is_the_unsampled_one(de_en, tmp_path):
+    """The cap only ever samples a corpus larger than it: below it (Multi30k's 58,000
+    sentences under the default million), the model is byte for byte the uncapped one."""
+    de, en = de_en
+    for name, size in (("capped", 600), ("all", 0), ("sampled", 500)):
+        train_tokenizers(Tokenizer(vocab_size=100, input_sentence_size=size), de, en,
+                         tmp_path / name)
+    model = {name: (tmp_path / name / "spm.model").read_bytes()
+             for name in ("capped", "all", "sampled")}
+    assert model["capped"] == model["all"] != model["sampled"]
+
+
+def test_mean_length_a_chunk_at_a_time(de_en, tmp_path, monkeypatch):
+    de, en = de_en
+    toks = train_tokenizers(Tokenizer(vocab_size=100), de, en, tmp_path)
+    monkeypatch.setattr("nmt.tokenizer.MEAN_CHUNK", 7)
+    ids = toks.encode_src(de)
+    assert mean_length(toks.encode_src, de) == round(sum(map(len, ids)) / len(ids), 2)
