@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup setup-test lock repro show test test-fast report bench full hypotheses \
-	queue-hypotheses run-queue sweep loss-check bench-scale
+	queue-hypotheses run-queue sweep loss-check gpu-check bench-scale bench-scale
 
 setup: $(VENV)/.installed
 
@@ -58,13 +58,13 @@ show: setup
 # and --no-loadscope-reorder hands out the files in tests/conftest.py's order, slowest first
 # (xdist's own order, most tests first, left the few long end-to-end files for last).
 test: setup-test
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) -m "not cuda" tests
 
 # Unit tests only (-m "not e2e"): no dvc, no real Multi30k, no download; minutes, not
 # seconds (about 9 min wall, 2.6 min CPU, in one process on a 2-core machine under heavy
 # load, before the xdist workers; not measured since).
 test-fast: setup-test
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) -m "not e2e" tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(XDIST) -m "not e2e and not cuda" tests
 
 # The report's hypotheses (hypotheses.yaml), each one experiment from the baseline.
 hypotheses: setup
@@ -132,3 +132,9 @@ full: setup
 	  -S swa.best_by=val_loss -S swa.best_epochs=5 \
 	  -S translate.beam_size=5 -S translate.length_penalty=1.0 \
 	  -S train.budget_minutes=55 -S train.val_bleu=true
+
+# On a CUDA machine: the CUDA tests, 2 epochs of bf16 training, the bench's training and
+# decoding rows and two queued runs at once, in a throwaway clone; writes
+# reports/gpu-check.txt. Without CUDA it stops with one line saying so (scripts/gpu_check.py).
+gpu-check: setup-test
+	$(PY) scripts/gpu_check.py
