@@ -31,7 +31,7 @@ from nmt.scoring import score
 from nmt.search import translate_all
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
-from .serving import INFO, Ct2Model, pieces
+from .serving import CPU_SERVING, INFO, Ct2Model, pieces
 
 log = logging.getLogger("nmt.ct2")
 QUANTIZATIONS = ("float32", "int8")
@@ -150,7 +150,7 @@ def export(model_path: Path, prepared: Path, out: Path, quantization: str) -> No
         fsio.write_json(tmp / INFO, {
             "model": str(model_path), "model_sha256": fsio.sha256_file(model_path),
             "model_info": info, "quantization": quantization,
-            "position_rows": position_rows(model)})
+            "position_rows": position_rows(model), "serving": CPU_SERVING})
     log.info("wrote %s (%s, %.1f MB)", out, quantization,
              sum(f.stat().st_size for f in out.iterdir()) / 1e6)
 
@@ -162,7 +162,7 @@ def bench(model, model_path: Path, tok: Tokenizers, src: list[list[int]],
     the same threads (best of `repeats` alternating runs each). For `make bench`."""
     cfg = dataclasses.replace(translate, beam_size=5)
     settings = dict(beam_size=5, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
-                    max_len_b=cfg.max_len_b, batch_sentences=cfg.batch_sentences)
+                    max_len_b=cfg.max_len_b)
     kept = [ids for ids in src if ids]
     runners = {"pytorch": lambda: translate_all(model, kept, cfg, special=tok.special,
                                                  device=device)}
@@ -170,7 +170,7 @@ def bench(model, model_path: Path, tok: Tokenizers, src: list[list[int]],
     with tempfile.TemporaryDirectory() as tmp:
         for q in QUANTIZATIONS:
             export(model_path, paths.PREPARED, Path(tmp) / q, q)
-            ct2 = Ct2Model(Path(tmp) / q, device=ct2_device, threads=torch.get_num_threads())
+            ct2 = Ct2Model(Path(tmp) / q, device=ct2_device)
             runners[f"ct2_{q}"] = lambda m=ct2: m.translate_ids(kept, **settings)
         best: dict[str, float] = {}
         outputs: dict[str, list[list[int]]] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from nmt import fsio, paths
 from nmt.corpus import normalise
 from nmt.errors import UserError, main_entry
-from nmt.params import Params, from_dict, load
+from nmt.params import Params, Translate, from_dict, load
 from nmt.tokenizer import SHARED_MODEL, SRC_MODEL, TGT_MODEL, Tokenizers
 
 log = logging.getLogger("nmt.translate")
@@ -119,11 +119,15 @@ def translate_with_ct2(folder: Path, params: Params, lines: list[str], device_na
         log.warning("translate.ensemble is %d, but --ct2 decodes the one exported model",
                     params.translate.ensemble)
     model = Ct2Model(folder, device=ct2_device(device_name))
-    src = model.tok.encode_src(lines)
     cfg = params.translate
+    if cfg.batch_sentences != Translate().batch_sentences:
+        log.warning("translate.batch_sentences (%d) is the PyTorch decoder's; --ct2 batches "
+                    "%d sentences (the export's serving settings, export.json)",
+                    cfg.batch_sentences, model.max_batch)
+    src = model.tok.encode_src(lines)
     out = model.translate_ids([ids for ids in src if ids], beam_size=cfg.beam_size,
                               length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
-                              max_len_b=cfg.max_len_b, batch_sentences=cfg.batch_sentences)
+                              max_len_b=cfg.max_len_b)
     hyps = iter(out)
     return model.tok.decode_tgt([next(hyps) if ids else [] for ids in src])
 
