@@ -128,10 +128,10 @@ full: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(DVC) exp run -n full -S subsample.fraction=1.0 \
 	  -S model.dropout=0.3 -S loss.label_smoothing=0.1 \
 	  -S schedule.name=triangular -S schedule.warmup_steps=800 \
-	  -S train.epochs=28 -S train.keep_checkpoints=5 -S train.keep_best=5 \
+	  -S train.epochs=17 -S train.keep_checkpoints=5 -S train.keep_best=5 \
 	  -S swa.best_by=val_loss -S swa.best_epochs=5 \
 	  -S translate.beam_size=5 -S translate.length_penalty=1.0 \
-	  -S train.budget_minutes=55 -S train.val_bleu=true
+	  -S train.budget_minutes=60 -S train.val_bleu=true
 
 # On a CUDA machine: the CUDA tests, 2 epochs of bf16 training, the bench's training and
 # decoding rows and two queued runs at once, in a throwaway clone; writes
