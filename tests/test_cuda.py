@@ -19,6 +19,7 @@ from nmt.model import ModelConfig, Seq2SeqTransformer
 from nmt.search import translate_all
 from nmt.tokenizer import SpecialIds
 from nmt.trainer import Trainer
+from tests.test_trainer import pairs  # copy-reverse pairs a small model learns in a few epochs
 
 pytestmark = pytest.mark.cuda
 
@@ -43,15 +44,6 @@ def params(**train) -> P.Params:
     p.validate()
     return p
 
-
-def pairs(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Copy-reverse pairs: a task a small model learns within a few epochs."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        s = [rng.randrange(4, V) for _ in range(rng.randint(3, 12))]
-        out.append((s, s[::-1]))
-    return out
 
 
 def batches(n: int = 8, seed: int = 0):

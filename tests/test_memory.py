@@ -76,15 +76,7 @@ def test_real_probe_on_the_cpu_measures_the_step(monkeypatch):
     cfg = ModelConfig.from_params(params.model, 64, 64, True, 0)
     device = torch.device("cpu")
     special = SpecialIds(pad=0, bos=1, eos=2)
-    needs = {}
-    real_search = memory.search
-
-    def recording_search(need, budget, cap):
-        tokens, probes = real_search(need, budget, cap)
-        needs.update(probes)
-        return tokens, probes
-
-    monkeypatch.setattr(memory, "search", recording_search)
+    needs = record_search(monkeypatch)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 10**12)
     cap = sum(len(s) + len(t) + 2 for s, t in zip(src, tgt))
     assert memory.choose_batch_tokens(params, cfg, device, False, src, tgt, special) == cap
@@ -149,16 +141,8 @@ def test_gpu_budget_counts_weights_optimizer_state_and_ddp_buckets(monkeypatch, 
 
         return step, model
 
-    needs = {}
-    real_search = memory.search
-
-    def recording_search(need, budget, cap):
-        tokens, probes = real_search(need, budget, cap)
-        needs.update(probes)
-        return tokens, probes
-
+    needs = record_search(monkeypatch)
     monkeypatch.setattr(memory, "training_step", fake_training_step)
-    monkeypatch.setattr(memory, "search", recording_search)
     src = [[5] * 20 for _ in range(4000)]
     chosen = memory.choose_batch_tokens(from_dict({}), None, torch.device("cuda"), False,
                                         src, src, SpecialIds(pad=0, bos=1, eos=2))
@@ -212,3 +196,17 @@ def test_translate_out_of_memory_is_one_line_naming_the_setting_to_lower():
     assert str(e.value) == (
         "translate: out of memory on cpu at translate.batch_sentences=1 with "
         "translate.beam_size=1 and translate.ensemble=4; try translate.ensemble=2")
+
+
+def record_search(monkeypatch) -> dict:
+    """Make memory.search record every probe it is given: {batch tokens: bytes needed}."""
+    needs = {}
+    real_search = memory.search
+
+    def recording_search(need, budget, cap):
+        tokens, probes = real_search(need, budget, cap)
+        needs.update(probes)
+        return tokens, probes
+
+    monkeypatch.setattr(memory, "search", recording_search)
+    return needs
