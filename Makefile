@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup setup-test lock repro show test test-fast report bench full hypotheses \
-	queue-hypotheses run-queue sweep loss-check gpu-check bench-scale bench-scale
+	queue-hypotheses run-queue sweep loss-check gpu-check bench-scale
 
 setup: $(VENV)/.installed
 
