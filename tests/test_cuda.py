@@ -45,7 +45,6 @@ def params(**train) -> P.Params:
     return p
 
 
-
 def batches(n: int = 8, seed: int = 0):
     """n batches of 16 pairs, as the trainer takes them."""
     data = pairs(n * 16, seed)
